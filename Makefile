@@ -1,0 +1,44 @@
+# flashcoupon: the two commands a newcomer needs.
+#   make run    local stack up, migrate, demo campaign, serve on 127.0.0.1:8080
+#   make test   local stack up, then every check and test
+.PHONY: run test stack lint nextest tools observability clean-test-data help
+
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+help:
+	@echo "make run   - start Redis, MariaDB and the Kafka broker, migrate, create a demo campaign, serve :8080"
+	@echo "make test  - start the stack, then fmt, clippy and every test (unit and integration)"
+
+stack:
+	scripts/stack up
+
+run: stack
+	$(CARGO) build --release --bin flashcoupon
+	./target/release/flashcoupon migrate
+	./target/release/flashcoupon demo
+	./target/release/flashcoupon seed-demo
+	FLASHCOUPON__LOG__FORMAT=$${FLASHCOUPON__LOG__FORMAT:-pretty} ./target/release/flashcoupon serve
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+clean-test-data:
+	@scripts/clean-test-data
+
+nextest:
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
+
+# Checkers of the on-call kit: promtool (Debian `prometheus`) and docker-compose.
+tools:
+	@command -v promtool >/dev/null && command -v docker-compose >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus docker-compose >/dev/null; }
+
+# Alert rules (promtool check + unit tests), dashboards, runbooks, docker-compose.yml.
+observability: tools
+	scripts/check-observability
+
+test: stack nextest tools lint observability clean-test-data
+	$(CARGO) nextest run --workspace --locked --no-fail-fast

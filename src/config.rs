@@ -1,0 +1,299 @@
+//! Typed settings, loaded in layers: built-in defaults (the local stack), then an
+//! optional TOML file, then `FLASHCOUPON__SECTION__KEY` environment variables.
+//! Secrets (admin token, DSNs) are `SecretString`s, so they never print.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub redis: RedisSettings,
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    pub admin: AdminSettings,
+    pub relay: RelaySettings,
+    pub persister: PersisterSettings,
+    pub catalog: CatalogSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// Worker threads of actix-web; 0 means one per core.
+    pub workers: usize,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests get to finish on SIGTERM.
+    pub shutdown_timeout_secs: u64,
+    /// Seconds a 503 tells the client to wait (`Retry-After`).
+    pub retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    pub pool_size: usize,
+    /// Upper bound for one Redis call including the wait for a pooled connection.
+    pub timeout_ms: u64,
+    /// Prefix of every key, so tests and tenants can share one Redis.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub issued_topic: String,
+    /// Dead-letter topic; empty means `<issued_topic>.dlt`.
+    pub dlt_topic: String,
+    pub persister_group: String,
+    pub partitions: i32,
+    /// Create missing topics at start-up (local stack, tests); off where a platform team owns topics.
+    pub create_topics: bool,
+    pub session_timeout_ms: u32,
+    /// How long the producer keeps trying one message before reporting failure.
+    pub message_timeout_ms: u32,
+    /// Timeout of metadata and admin calls (readiness, topic creation).
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct AdminSettings {
+    pub token: SecretString,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RelaySettings {
+    pub enabled: bool,
+    /// Most outbox entries read and in flight to Kafka at once per campaign.
+    pub batch_size: usize,
+    /// Pause between polls when every outbox is empty.
+    pub idle_ms: u64,
+    /// Entries pending this long on another instance are claimed (it probably died).
+    pub claim_idle_ms: u64,
+    /// How often the relay re-reads the list of armed campaigns.
+    pub campaigns_refresh_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PersisterSettings {
+    pub enabled: bool,
+    pub batch_size: usize,
+    pub batch_wait_ms: u64,
+}
+
+/// The top-products read path.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogSettings {
+    /// Run the `order.paid.v1` consumer in `serve`.
+    pub sales_enabled: bool,
+    pub orders_topic: String,
+    pub orders_group: String,
+    /// Run the refresher (one leader at a time across instances).
+    pub refresher_enabled: bool,
+    pub refresh_interval_ms: u64,
+    pub lease_ms: u64,
+    pub snapshot_ttl_secs: u64,
+    pub l1_ttl_ms: u64,
+    pub redis_breaker: BreakerConfig,
+    pub mysql_breaker: BreakerConfig,
+    /// At most this many fallback queries run against MySQL at once, per instance.
+    pub mysql_max_concurrent: usize,
+    /// How long a request waits for a fallback slot before answering from stale.
+    pub mysql_max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct BreakerConfig {
+    pub failures_to_open: u32,
+    pub open_ms: u64,
+    pub max_open_ms: u64,
+    pub trial_calls: usize,
+    pub timeout_ms: u64,
+}
+
+impl BreakerConfig {
+    pub fn settings(&self) -> crate::resilience::BreakerSettings {
+        crate::resilience::BreakerSettings {
+            failures_to_open: self.failures_to_open,
+            open_for: Duration::from_millis(self.open_ms),
+            max_open: Duration::from_millis(self.max_open_ms.max(self.open_ms)),
+            trial_calls: self.trial_calls,
+            call_timeout: Duration::from_millis(self.timeout_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info,flashcoupon=debug`.
+    pub filter: String,
+    /// `json` for production, `pretty` for a terminal.
+    pub format: String,
+}
+
+const DEFAULTS: &str = r#"
+[server]
+host = "127.0.0.1"
+port = 8080
+workers = 0
+max_body_bytes = 16384
+shutdown_timeout_secs = 10
+retry_after_secs = 1
+
+[redis]
+url = "redis://127.0.0.1:6379/0"
+pool_size = 64
+timeout_ms = 1000
+key_prefix = "fc:"
+
+[database]
+url = "mysql://flashcoupon:flashcoupon@127.0.0.1:3306/flashcoupon"
+max_connections = 20
+acquire_timeout_ms = 2000
+statement_timeout_ms = 5000
+
+[kafka]
+brokers = "127.0.0.1:9092"
+issued_topic = "coupon.issued.v1"
+dlt_topic = ""
+persister_group = "flashcoupon-persister"
+partitions = 3
+create_topics = true
+session_timeout_ms = 6000
+message_timeout_ms = 10000
+request_timeout_ms = 5000
+
+[admin]
+token = "change-me-local-admin-token"
+
+[relay]
+enabled = true
+batch_size = 500
+idle_ms = 20
+claim_idle_ms = 30000
+campaigns_refresh_ms = 1000
+
+[persister]
+enabled = true
+batch_size = 500
+batch_wait_ms = 50
+
+[catalog]
+sales_enabled = true
+orders_topic = "order.paid.v1"
+orders_group = "flashcoupon-sales"
+refresher_enabled = true
+refresh_interval_ms = 5000
+lease_ms = 15000
+snapshot_ttl_secs = 300
+l1_ttl_ms = 2000
+mysql_max_concurrent = 4
+mysql_max_wait_ms = 200
+
+[catalog.redis_breaker]
+failures_to_open = 3
+open_ms = 1000
+max_open_ms = 10000
+trial_calls = 2
+timeout_ms = 100
+
+[catalog.mysql_breaker]
+failures_to_open = 5
+open_ms = 2000
+max_open_ms = 30000
+trial_calls = 1
+timeout_ms = 2000
+
+[log]
+filter = "info"
+format = "json"
+"#;
+
+impl Settings {
+    /// Defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, config::ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder
+            .add_source(
+                config::Environment::with_prefix("FLASHCOUPON")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()
+    }
+
+    /// Defaults only: the starting point of tests.
+    pub fn defaults() -> Self {
+        Self::load(None).expect("built-in defaults are valid")
+    }
+}
+
+impl RedisSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl KafkaSettings {
+    pub fn dlt_topic(&self) -> String {
+        if self.dlt_topic.is_empty() {
+            format!("{}.dlt", self.issued_topic)
+        } else {
+            self.dlt_topic.clone()
+        }
+    }
+}
+
+impl AdminSettings {
+    pub fn token(&self) -> &str {
+        self.token.expose_secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_point_at_the_local_stack() {
+        let s = Settings::defaults();
+        assert_eq!(s.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(s.kafka.dlt_topic(), "coupon.issued.v1.dlt");
+        assert_eq!(s.redis.url.expose_secret(), "redis://127.0.0.1:6379/0");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let s = Settings::defaults();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("change-me-local-admin-token"));
+        assert!(!printed.contains("flashcoupon:flashcoupon@"));
+    }
+}

@@ -1,0 +1,312 @@
+//! The at-least-once batch consumer shared by the coupon persister and the sales
+//! ingestion. One discipline for both (vector's Kafka source is the model):
+//! - offsets are stored (`enable.auto.offset.store=false`) only after the batch's
+//!   MySQL transaction committed and its rejects reached the dead-letter topic;
+//! - a whole-dependency failure (MySQL down) pauses the batch with jittered
+//!   backoff instead of sending every message to the DLT;
+//! - a message the handler rejects goes to the DLT with the error in a header,
+//!   and the consumer keeps going.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaSettings;
+use crate::events::producer::{EventProducer, MessageHeader};
+use crate::persistence::DbError;
+use crate::telemetry::metrics;
+
+/// Writes one batch of payloads to MySQL.
+pub trait BatchHandler: Send + Sync {
+    /// Writes what it can in one transaction. Returns the messages it rejects for
+    /// good, as (index in `payloads`, reason). `Err` means nothing was written: a
+    /// transient error is retried, any other error splits the batch.
+    fn handle(
+        &self,
+        payloads: &[&[u8]],
+    ) -> impl Future<Output = Result<Vec<(usize, String)>, DbError>> + Send;
+}
+
+/// What a consumer reads and where its rejects go.
+pub struct ConsumerSpec {
+    pub name: &'static str,
+    pub topic: String,
+    pub group: String,
+    pub dlt_topic: String,
+    pub batch_size: usize,
+    pub batch_wait: Duration,
+}
+
+fn build_consumer(kafka: &KafkaSettings, spec: &ConsumerSpec) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = super::base_config(kafka)
+        .set("group.id", &spec.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (kafka.session_timeout_ms / 3).to_string(),
+        )
+        .set("max.poll.interval.ms", "300000")
+        .create()?;
+    consumer.subscribe(&[spec.topic.as_str()])?;
+    Ok(consumer)
+}
+
+/// Runs until `shutdown` fires; then finishes the batch in hand and commits.
+pub async fn run_consumer<H: BatchHandler>(
+    kafka: KafkaSettings,
+    spec: ConsumerSpec,
+    handler: H,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer = Arc::new(build_consumer(&kafka, &spec)?);
+    let dlt = EventProducer::new(&kafka, spec.dlt_topic.clone())?;
+    metrics::get().declare_dlt(&spec.dlt_topic);
+    let lag_sampler = tokio::spawn(sample_lag(
+        consumer.clone(),
+        kafka.clone(),
+        spec.group.clone(),
+        shutdown.clone(),
+    ));
+    let name = spec.name;
+    tracing::info!(consumer = name, topic = %spec.topic, group = %spec.group, "consumer started");
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            received = consumer.recv() => received,
+        };
+        let first = match first {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(consumer = name, error = %err, "kafka receive failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + spec.batch_wait;
+        while batch.len() < spec.batch_size {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(message),
+                Ok(Err(err)) => {
+                    tracing::warn!(consumer = name, error = %err, "kafka receive failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        tracing::debug!(consumer = name, messages = batch.len(), "batch received");
+        if !process_batch(name, &consumer, &dlt, &handler, &batch, &shutdown).await {
+            // Shutdown during a retry: the batch stays unstored and is redelivered.
+            break;
+        }
+    }
+    if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(consumer = name, error = %err, "final commit had nothing to commit");
+    }
+    let _ = lag_sampler.await;
+    tracing::info!(consumer = name, "consumer stopped");
+    Ok(())
+}
+
+/// Writes one batch and stores its offsets. False if shutdown interrupted it.
+async fn process_batch<H: BatchHandler>(
+    name: &'static str,
+    consumer: &StreamConsumer,
+    dlt: &EventProducer,
+    handler: &H,
+    batch: &[BorrowedMessage<'_>],
+    shutdown: &CancellationToken,
+) -> bool {
+    let payloads: Vec<&[u8]> = batch
+        .iter()
+        .map(|m| m.payload().unwrap_or_default())
+        .collect();
+    let rejects = match write_retrying(name, handler, &payloads, shutdown).await {
+        None => return false,
+        Some(Ok(rejects)) => rejects,
+        Some(Err(err)) => {
+            // Not transient: the batch as a whole cannot be written. Write the
+            // messages one by one so one bad message cannot hold back the others.
+            tracing::error!(consumer = name, error = %err, "batch rejected, writing messages one by one");
+            let mut rejects = Vec::new();
+            for (index, payload) in payloads.iter().enumerate() {
+                match write_retrying(name, handler, std::slice::from_ref(payload), shutdown).await {
+                    None => return false,
+                    Some(Ok(single)) => {
+                        rejects.extend(single.into_iter().map(|(_, why)| (index, why)))
+                    }
+                    Some(Err(err)) => rejects.push((index, err.to_string())),
+                }
+            }
+            rejects
+        }
+    };
+    for (index, error) in &rejects {
+        if let Some(message) = batch.get(*index) {
+            if !dead_letter(name, dlt, message, error, shutdown).await {
+                return false;
+            }
+        }
+    }
+    store_offsets(name, consumer, batch);
+    tracing::debug!(
+        consumer = name,
+        messages = batch.len(),
+        rejected = rejects.len(),
+        "batch stored"
+    );
+    true
+}
+
+/// Calls the handler, retrying transient failures with jittered backoff until
+/// shutdown (None).
+async fn write_retrying<H: BatchHandler>(
+    name: &'static str,
+    handler: &H,
+    payloads: &[&[u8]],
+    shutdown: &CancellationToken,
+) -> Option<Result<Vec<(usize, String)>, DbError>> {
+    let write = || handler.handle(payloads);
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        result = write
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(10))
+                    .with_jitter()
+                    .without_max_times(),
+            )
+            .when(DbError::is_transient)
+            .notify(|err, wait| {
+                tracing::warn!(consumer = name, error = %err, retry_in = ?wait, "MySQL unavailable, pausing consumption")
+            }) => Some(result),
+    }
+}
+
+/// Sends a copy of the message to the DLT with the error in a header; retries
+/// until the broker takes it (or shutdown), so nothing is dropped.
+async fn dead_letter(
+    name: &'static str,
+    dlt: &EventProducer,
+    message: &BorrowedMessage<'_>,
+    error: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut headers: Vec<MessageHeader> = vec![
+        ("x-error", error.to_owned()),
+        ("x-original-topic", message.topic().to_owned()),
+        ("x-original-partition", message.partition().to_string()),
+        ("x-original-offset", message.offset().to_string()),
+        ("x-attempts", "1".to_owned()),
+    ];
+    if let Some(original) = message.headers() {
+        for header in original.iter() {
+            if header.key == "traceparent" {
+                if let Some(value) = header.value {
+                    headers.push(("traceparent", String::from_utf8_lossy(value).into_owned()));
+                }
+            }
+        }
+    }
+    let key = message.key().unwrap_or_default();
+    let payload = message.payload().unwrap_or_default();
+    loop {
+        match dlt.publish_raw(key, payload, &headers).await {
+            Ok(()) => {
+                tracing::warn!(
+                    consumer = name,
+                    error,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    dlt = dlt.topic(),
+                    "message sent to the dead-letter topic"
+                );
+                metrics::get().record_dlt(dlt.topic());
+                return true;
+            }
+            Err(err) => {
+                tracing::warn!(consumer = name, error = %err, "dead-letter delivery failed, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Stores, per partition, the offset after the highest message of the batch.
+fn store_offsets(name: &'static str, consumer: &StreamConsumer, batch: &[BorrowedMessage<'_>]) {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for message in batch {
+        let entry = next
+            .entry((message.topic(), message.partition()))
+            .or_insert(0);
+        *entry = (*entry).max(message.offset() + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        if let Err(err) = list.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+            tracing::warn!(consumer = name, error = %err, "bad offset");
+        }
+    }
+    if let Err(err) = consumer.store_offsets(&list) {
+        // Partitions revoked by a rebalance: the new owner re-reads them, and the
+        // handlers are idempotent.
+        tracing::warn!(consumer = name, error = %err, "storing offsets failed");
+    }
+}
+
+/// Every 10 s: per assigned partition, high watermark minus our position, into
+/// `kafka_consumer_lag` (librdkafka calls block, so they run off the async threads).
+async fn sample_lag(
+    consumer: Arc<StreamConsumer>,
+    kafka: KafkaSettings,
+    group: String,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let consumer = consumer.clone();
+        let group = group.clone();
+        let timeout = Duration::from_millis(kafka.request_timeout_ms);
+        let sampled =
+            tokio::task::spawn_blocking(move || -> Result<(), rdkafka::error::KafkaError> {
+                let position = consumer.position()?;
+                for element in position.elements() {
+                    let Offset::Offset(at) = element.offset() else {
+                        continue;
+                    };
+                    let (_, high) =
+                        consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
+                    metrics::get().set_consumer_lag(
+                        element.topic(),
+                        element.partition(),
+                        &group,
+                        (high - at).max(0),
+                    );
+                }
+                Ok(())
+            })
+            .await;
+        if let Ok(Err(err)) = sampled {
+            tracing::debug!(error = %err, "lag sample failed");
+        }
+    }
+}

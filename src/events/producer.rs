@@ -1,0 +1,113 @@
+//! The idempotent producer of `coupon.issued.v1` (and of the dead-letter topic):
+//! `enable.idempotence=true` and `acks=all` set explicitly, since librdkafka
+//! defaults idempotence to off. Errors come back classified: retry later, or
+//! rebuild the producer (fatal).
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::config::KafkaSettings;
+use crate::domain::CouponIssuedEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Broker unreachable, timed out, queue full: the same message may succeed later.
+    #[error("kafka delivery failed, will retry: {0}")]
+    Retryable(String),
+    /// The producer is in a fatal state (e.g. idempotence sequence broken): rebuild it.
+    #[error("kafka producer failed fatally: {0}")]
+    Fatal(String),
+}
+
+/// A header to attach to a message.
+pub type MessageHeader = (&'static str, String);
+
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    topic: String,
+    queue_timeout: Duration,
+}
+
+impl EventProducer {
+    pub fn new(settings: &KafkaSettings, topic: String) -> anyhow::Result<Self> {
+        let producer: FutureProducer = super::base_config(settings)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout_ms.to_string(),
+            )
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "100000")
+            .set("compression.type", "none")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic,
+            queue_timeout: Duration::from_millis(u64::from(settings.message_timeout_ms)),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publishes one coupon-issued event keyed by shopper, with its trace context.
+    pub async fn publish_issued(
+        &self,
+        event: &CouponIssuedEvent,
+        traceparent: &str,
+    ) -> Result<(), PublishError> {
+        let payload = serde_json::to_vec(event).map_err(|e| PublishError::Fatal(e.to_string()))?;
+        let mut headers = Vec::new();
+        if !traceparent.is_empty() {
+            headers.push(("traceparent", traceparent.to_owned()));
+        }
+        self.publish_raw(event.user_id.as_bytes(), &payload, &headers)
+            .await
+    }
+
+    /// Publishes bytes as they are (dead-letter copies keep the original payload).
+    pub async fn publish_raw(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[MessageHeader],
+    ) -> Result<(), PublishError> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(payload)
+            .headers(owned);
+        match self.producer.send(record, self.queue_timeout).await {
+            Ok(_) => Ok(()),
+            Err((err, _)) => Err(self.classify(err)),
+        }
+    }
+
+    fn classify(&self, err: KafkaError) -> PublishError {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            return PublishError::Fatal(format!("{code}: {reason}"));
+        }
+        PublishError::Retryable(err.to_string())
+    }
+
+    /// Waits until every queued message is delivered or the timeout passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+        self.producer.flush(timeout).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn inner(&self) -> &FutureProducer {
+        &self.producer
+    }
+}

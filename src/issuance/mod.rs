@@ -1,0 +1,326 @@
+//! The issuing rule and everything marketing does with campaigns: claim a coupon,
+//! the public and admin views with live figures, create, pause and resume, and
+//! re-arming Redis from MySQL. Pure orchestration over `store` (Redis) and
+//! `persistence` (MySQL); the relay to Kafka lives in [`relay`].
+
+pub mod relay;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use moka::future::Cache;
+
+use crate::domain::{
+    new_coupon_code, Campaign, CampaignId, CampaignStatus, Coupon, Invalid, IssueOutcome,
+    NewCampaign, NotOpenReason, UserId,
+};
+use crate::persistence::{Database, DbError};
+use crate::store::{ArmSpec, RedisStore, StoreError};
+use crate::telemetry::metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("campaign {0} not found")]
+    NotFound(CampaignId),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// A dependency failed or the campaign is not ready: try again shortly.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        ServiceError::Unavailable(err.to_string())
+    }
+}
+
+impl From<DbError> for ServiceError {
+    fn from(err: DbError) -> Self {
+        ServiceError::Unavailable(err.to_string())
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// A campaign with its live figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignView {
+    pub campaign: Campaign,
+    pub status: CampaignStatus,
+    pub issued: i64,
+    pub remaining: i64,
+    /// Admin only: rows in MySQL (None when MySQL could not be asked).
+    pub persisted: Option<i64>,
+    /// Admin only: events waiting in the outbox for Kafka.
+    pub pending_events: Option<i64>,
+}
+
+/// A shopper's coupon and whether it reached MySQL yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCoupon {
+    pub coupon: Coupon,
+    pub persisted: bool,
+}
+
+#[derive(Clone)]
+pub struct IssuanceService {
+    store: RedisStore,
+    db: Database,
+    /// Campaign rows, briefly cached: views are polled, the rows rarely change.
+    campaigns: Cache<CampaignId, Arc<Campaign>>,
+}
+
+impl IssuanceService {
+    pub fn new(store: RedisStore, db: Database) -> Self {
+        Self {
+            store,
+            db,
+            campaigns: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+        }
+    }
+
+    pub fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// One shopper presses "get coupon". Fails closed: if Redis cannot decide,
+    /// the answer is Unavailable, never a coupon without the checks.
+    pub async fn claim(
+        &self,
+        campaign_id: CampaignId,
+        user: &UserId,
+        traceparent: &str,
+    ) -> ServiceResult<IssueOutcome> {
+        let code = new_coupon_code();
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let outcome = match self
+            .store
+            .issue(campaign_id, user, &code, &event_id, traceparent)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                metrics::get().record_issue(campaign_id, "error");
+                return Err(err.into());
+            }
+        };
+        let outcome = match outcome {
+            IssueOutcome::NotArmed => self.not_armed(campaign_id).await?,
+            other => other,
+        };
+        let result = match &outcome {
+            IssueOutcome::Issued(_) => "issued",
+            IssueOutcome::AlreadyIssued(_) => "already_issued",
+            IssueOutcome::SoldOut => "sold_out",
+            IssueOutcome::NotOpen(_) => "not_open",
+            IssueOutcome::NotArmed => "error",
+        };
+        metrics::get().record_issue(campaign_id, result);
+        Ok(outcome)
+    }
+
+    /// Redis knows nothing of the campaign: unknown (404), over (409), or lost by
+    /// Redis and not yet re-armed (503, never a fresh stock).
+    async fn not_armed(&self, id: CampaignId) -> ServiceResult<IssueOutcome> {
+        let campaign = self.campaign(id).await?;
+        if Utc::now() >= campaign.ends_at {
+            return Ok(IssueOutcome::NotOpen(NotOpenReason::Ended));
+        }
+        metrics::get().record_issue(id, "error");
+        Err(ServiceError::Unavailable(format!(
+            "campaign {id} is not armed in Redis; it is re-armed from MySQL at start-up or by `flashcoupon campaign arm`"
+        )))
+    }
+
+    /// The campaign row (cached briefly), or NotFound.
+    pub async fn campaign(&self, id: CampaignId) -> ServiceResult<Arc<Campaign>> {
+        if let Some(hit) = self.campaigns.get(&id).await {
+            return Ok(hit);
+        }
+        let found = self
+            .db
+            .campaign(id)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
+        let found = Arc::new(found);
+        self.campaigns.insert(id, found.clone()).await;
+        Ok(found)
+    }
+
+    /// The public view: status and remaining stock.
+    pub async fn public_view(&self, id: CampaignId) -> ServiceResult<CampaignView> {
+        let campaign = self.campaign(id).await?;
+        let figures = self.store.figures(id).await?;
+        Ok(self.view(&campaign, figures, None))
+    }
+
+    fn view(
+        &self,
+        campaign: &Campaign,
+        figures: Option<crate::store::LiveFigures>,
+        persisted: Option<i64>,
+    ) -> CampaignView {
+        let mut campaign = campaign.clone();
+        // Redis has the brake as it is applied right now; MySQL may lag by the cache.
+        if let Some(f) = figures {
+            campaign.paused = f.paused;
+        }
+        let issued = figures
+            .map(|f| f.issued)
+            .or(persisted)
+            .unwrap_or(0)
+            .max(persisted.unwrap_or(0));
+        let remaining = (campaign.total_quantity - issued).max(0);
+        metrics::get().set_stock_remaining(campaign.id, remaining);
+        CampaignView {
+            status: campaign.status(issued, Utc::now()),
+            issued,
+            remaining,
+            persisted,
+            pending_events: figures.map(|f| f.pending_events),
+            campaign,
+        }
+    }
+
+    /// The admin view of one campaign: live figures from Redis and MySQL.
+    pub async fn admin_view(&self, id: CampaignId) -> ServiceResult<CampaignView> {
+        let campaign = self
+            .db
+            .campaign(id)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
+        let figures = self.store.figures(id).await?;
+        let persisted = self.db.persisted_count(id).await?;
+        Ok(self.view(&campaign, figures, Some(persisted)))
+    }
+
+    /// Every campaign (newest first, at most 500) with live figures.
+    pub async fn admin_list(&self) -> ServiceResult<Vec<CampaignView>> {
+        let campaigns = self.db.campaigns(500).await?;
+        let ids: Vec<CampaignId> = campaigns.iter().map(|c| c.id).collect();
+        let persisted: HashMap<CampaignId, i64> =
+            self.db.persisted_counts(&ids).await?.into_iter().collect();
+        let mut views = Vec::with_capacity(campaigns.len());
+        for campaign in campaigns {
+            let figures = self.store.figures(campaign.id).await?;
+            let rows = persisted.get(&campaign.id).copied().unwrap_or(0);
+            views.push(self.view(&campaign, figures, Some(rows)));
+        }
+        Ok(views)
+    }
+
+    /// Creates a campaign: MySQL first (the durable record), then arms Redis.
+    pub async fn create(&self, new: NewCampaign) -> ServiceResult<CampaignView> {
+        let new = new.validate()?;
+        let campaign = self.db.create_campaign(&new).await?;
+        self.store.arm(&arm_spec(&campaign), 0).await?;
+        tracing::info!(
+            campaign_id = campaign.id,
+            stock = campaign.total_quantity,
+            "campaign created and armed"
+        );
+        self.admin_view(campaign.id).await
+    }
+
+    /// The marketing brake: MySQL first (so a re-arm keeps it), then Redis.
+    pub async fn set_paused(&self, id: CampaignId, paused: bool) -> ServiceResult<CampaignView> {
+        let campaign = self
+            .db
+            .set_paused(id, paused)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
+        self.campaigns.invalidate(&id).await;
+        if self.store.is_armed(id).await? {
+            self.store.set_paused(id, paused).await?;
+        } else {
+            self.arm_from_mysql(&campaign).await?;
+        }
+        tracing::info!(campaign_id = id, paused, "campaign brake changed");
+        self.admin_view(id).await
+    }
+
+    /// Coupons of a shopper: persisted ones from MySQL, and the ones Redis issued
+    /// that the persister has not written yet.
+    pub async fn coupons_of(&self, user: &UserId) -> ServiceResult<Vec<HeldCoupon>> {
+        let persisted = self.db.coupons_of_user(user.as_str()).await?;
+        let armed = self.store.armed_campaigns().await?;
+        let live = self.store.holdings(user, &armed).await?;
+        let stored: HashSet<(CampaignId, String)> = persisted
+            .iter()
+            .map(|c| (c.campaign_id, c.coupon_code.clone()))
+            .collect();
+        let mut held: Vec<HeldCoupon> = persisted
+            .into_iter()
+            .map(|coupon| HeldCoupon {
+                coupon,
+                persisted: true,
+            })
+            .collect();
+        held.extend(
+            live.into_iter()
+                .filter(|c| !stored.contains(&(c.campaign_id, c.coupon_code.clone())))
+                .map(|coupon| HeldCoupon {
+                    coupon,
+                    persisted: false,
+                }),
+        );
+        held.sort_by_key(|h| (h.coupon.issued_at, h.coupon.campaign_id));
+        Ok(held)
+    }
+
+    /// Re-arms one campaign from MySQL if Redis lost it: holders first, then the
+    /// counter at the persisted count. Returns true if it had to arm.
+    pub async fn arm_from_mysql(&self, campaign: &Campaign) -> ServiceResult<bool> {
+        if self.store.is_armed(campaign.id).await? {
+            return Ok(false);
+        }
+        let coupons = self.db.coupons_of_campaign(campaign.id).await?;
+        self.store.restore_holders(campaign.id, &coupons).await?;
+        let issued = coupons
+            .iter()
+            .map(|c| c.sequence)
+            .max()
+            .unwrap_or(0)
+            .max(coupons.len() as i64);
+        let armed = self.store.arm(&arm_spec(campaign), issued).await?;
+        if armed {
+            tracing::warn!(
+                campaign_id = campaign.id,
+                issued,
+                "campaign re-armed in Redis from MySQL"
+            );
+        }
+        Ok(armed)
+    }
+
+    /// Re-arms every campaign that has not ended (start-up, `campaign arm`).
+    pub async fn arm_live_campaigns(&self) -> ServiceResult<usize> {
+        let mut armed = 0;
+        for campaign in self.db.live_campaigns(Utc::now()).await? {
+            if self.arm_from_mysql(&campaign).await? {
+                armed += 1;
+            }
+        }
+        Ok(armed)
+    }
+}
+
+fn arm_spec(campaign: &Campaign) -> ArmSpec {
+    ArmSpec {
+        id: campaign.id,
+        total: campaign.total_quantity,
+        starts_at: campaign.starts_at,
+        ends_at: campaign.ends_at,
+        paused: campaign.paused,
+    }
+}

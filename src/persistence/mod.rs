@@ -1,0 +1,407 @@
+//! MySQL access, and the only module that imports sea-orm and `entity`: campaigns
+//! and issued coupons. Every call is bounded by the statement timeout; errors are
+//! classified so callers can tell "the database is down, wait" from "this input
+//! can never be written".
+
+pub mod catalog;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entity::{campaign, issued_coupon};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
+};
+use secrecy::ExposeSecret;
+
+use crate::config::DatabaseSettings;
+use crate::domain::{
+    Campaign, CampaignId, Coupon, CouponIssuedEvent, Discount, DiscountKind, NewCampaign,
+};
+use crate::telemetry::metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached or did not answer in time: retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The statement itself is wrong for this data: retrying will not help.
+    #[error("database rejected the statement: {0}")]
+    Rejected(String),
+}
+
+impl DbError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Unavailable(_))
+    }
+}
+
+impl From<DbErr> for DbError {
+    fn from(err: DbErr) -> Self {
+        match err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => DbError::Unavailable(err.to_string()),
+            other if other.sql_err().is_some() => DbError::Rejected(other.to_string()),
+            // Query/Exec errors without a SQL classification are I/O or protocol failures.
+            DbErr::Query(_) | DbErr::Exec(_) => DbError::Unavailable(err.to_string()),
+            other => DbError::Rejected(other.to_string()),
+        }
+    }
+}
+
+type DbResult<T> = Result<T, DbError>;
+
+/// Opens the pool (lazily: the service starts even while MySQL is down).
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Database> {
+    let mut options = ConnectOptions::new(settings.url.expose_secret().to_owned());
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(0)
+        .connect_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_lazy(true)
+        .sqlx_logging(false);
+    let conn = sea_orm::Database::connect(options).await?;
+    Ok(Database {
+        conn,
+        timeout: Duration::from_millis(settings.statement_timeout_ms),
+        max_connections: settings.max_connections,
+    })
+}
+
+/// Applies every pending migration.
+pub async fn migrate(db: &Database) -> anyhow::Result<()> {
+    Migrator::up(&db.conn, None).await?;
+    Ok(())
+}
+
+/// Rolls back the last `steps` migrations (all when None).
+pub async fn migrate_down(db: &Database, steps: Option<u32>) -> anyhow::Result<()> {
+    Migrator::down(&db.conn, steps).await?;
+    Ok(())
+}
+
+/// Names of applied and pending migrations.
+pub async fn migration_status(db: &Database) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let applied = Migrator::get_applied_migrations(&db.conn)
+        .await?
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let pending = Migrator::get_pending_migrations(&db.conn)
+        .await?
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    Ok((applied, pending))
+}
+
+/// The MySQL pool plus the statement timeout.
+#[derive(Clone)]
+pub struct Database {
+    conn: DatabaseConnection,
+    timeout: Duration,
+    max_connections: u32,
+}
+
+/// What a batch insert did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InsertReport {
+    /// Events of the batch that are now in MySQL (new or already there).
+    pub stored: usize,
+    /// Events that conflict with a different coupon on (campaign, shopper) or code.
+    pub conflicting: Vec<String>,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct CampaignCount {
+    campaign_id: i64,
+    n: i64,
+}
+
+impl Database {
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, DbErr>>,
+    ) -> DbResult<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result.map_err(DbError::from),
+            Err(_) => Err(DbError::Unavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// SELECT 1, for readiness.
+    pub async fn ping(&self) -> DbResult<()> {
+        self.bounded(self.conn.ping()).await
+    }
+
+    /// Pool occupancy (in use, idle, max) for the `db_pool_connections` gauge.
+    pub fn pool_status(&self) -> (i64, i64, i64) {
+        let pool = self.conn.get_mysql_connection_pool();
+        let size = i64::from(pool.size());
+        let idle = pool.num_idle() as i64;
+        (size - idle, idle, i64::from(self.max_connections))
+    }
+
+    pub async fn create_campaign(&self, new: &NewCampaign) -> DbResult<Campaign> {
+        let now = Utc::now();
+        let model = campaign::ActiveModel {
+            name: Set(new.name.clone()),
+            total_quantity: Set(new.total_quantity),
+            starts_at: Set(new.starts_at),
+            ends_at: Set(new.ends_at),
+            discount_kind: Set(new.discount.kind.as_str().to_owned()),
+            discount_value: Set(new.discount.value),
+            coupon_valid_days: Set(new.coupon_valid_days),
+            paused: Set(false),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        let saved = self.bounded(model.insert(&self.conn)).await?;
+        to_campaign(saved)
+    }
+
+    pub async fn campaign(&self, id: CampaignId) -> DbResult<Option<Campaign>> {
+        self.bounded(campaign::Entity::find_by_id(id).one(&self.conn))
+            .await?
+            .map(to_campaign)
+            .transpose()
+    }
+
+    /// Every campaign, newest first (at most `limit`).
+    pub async fn campaigns(&self, limit: u64) -> DbResult<Vec<Campaign>> {
+        self.bounded(
+            campaign::Entity::find()
+                .order_by_desc(campaign::Column::Id)
+                .limit(limit)
+                .all(&self.conn),
+        )
+        .await?
+        .into_iter()
+        .map(to_campaign)
+        .collect()
+    }
+
+    /// Campaigns that have not ended at `now`.
+    pub async fn live_campaigns(&self, now: DateTime<Utc>) -> DbResult<Vec<Campaign>> {
+        self.bounded(
+            campaign::Entity::find()
+                .filter(campaign::Column::EndsAt.gt(now))
+                .order_by_asc(campaign::Column::Id)
+                .all(&self.conn),
+        )
+        .await?
+        .into_iter()
+        .map(to_campaign)
+        .collect()
+    }
+
+    /// Sets the brake; None if the campaign does not exist.
+    pub async fn set_paused(&self, id: CampaignId, paused: bool) -> DbResult<Option<Campaign>> {
+        let Some(found) = self
+            .bounded(campaign::Entity::find_by_id(id).one(&self.conn))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut model: campaign::ActiveModel = found.into();
+        model.paused = Set(paused);
+        model.updated_at = Set(Utc::now());
+        let saved = self.bounded(model.update(&self.conn)).await?;
+        to_campaign(saved).map(Some)
+    }
+
+    /// Writes a batch of issued coupons in one transaction. Events already stored
+    /// are a no-op; an event whose shopper or code already holds another coupon is
+    /// reported in `conflicting` instead of failing the batch.
+    pub async fn insert_coupons(&self, events: &[CouponIssuedEvent]) -> DbResult<InsertReport> {
+        if events.is_empty() {
+            return Ok(InsertReport::default());
+        }
+        let now = Utc::now();
+        let rows: Vec<issued_coupon::ActiveModel> = events
+            .iter()
+            .map(|e| issued_coupon::ActiveModel {
+                event_id: Set(e.event_id.clone()),
+                campaign_id: Set(e.campaign_id),
+                user_id: Set(e.user_id.clone()),
+                coupon_code: Set(e.coupon_code.clone()),
+                sequence: Set(e.sequence),
+                issued_at: Set(e.occurred_at),
+                persisted_at: Set(now),
+                ..Default::default()
+            })
+            .collect();
+        let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+        let conn = &self.conn;
+        let stored: Vec<String> = self
+            .bounded(async move {
+                let txn = conn.begin().await?;
+                issued_coupon::Entity::insert_many(rows)
+                    .on_conflict(
+                        // MySQL: ON DUPLICATE KEY UPDATE event_id = event_id, a no-op on
+                        // whichever unique key matched (never `= VALUES(event_id)`, which
+                        // would rewrite the existing row); which events landed is checked below.
+                        OnConflict::column(issued_coupon::Column::EventId)
+                            .value(
+                                issued_coupon::Column::EventId,
+                                Expr::col(issued_coupon::Column::EventId),
+                            )
+                            .to_owned(),
+                    )
+                    .exec_without_returning(&txn)
+                    .await?;
+                let stored = issued_coupon::Entity::find()
+                    .select_only()
+                    .column(issued_coupon::Column::EventId)
+                    .filter(issued_coupon::Column::EventId.is_in(ids))
+                    .into_tuple::<String>()
+                    .all(&txn)
+                    .await?;
+                txn.commit().await?;
+                Ok(stored)
+            })
+            .await?;
+        let stored_set: HashSet<&str> = stored.iter().map(String::as_str).collect();
+        let conflicting: Vec<String> = events
+            .iter()
+            .filter(|e| !stored_set.contains(e.event_id.as_str()))
+            .map(|e| e.event_id.clone())
+            .collect();
+        Ok(InsertReport {
+            stored: stored.len(),
+            conflicting,
+        })
+    }
+
+    /// Rows persisted for one campaign.
+    pub async fn persisted_count(&self, id: CampaignId) -> DbResult<i64> {
+        let n = self
+            .bounded(
+                issued_coupon::Entity::find()
+                    .filter(issued_coupon::Column::CampaignId.eq(id))
+                    .count(&self.conn),
+            )
+            .await?;
+        Ok(n as i64)
+    }
+
+    /// Rows persisted per campaign, for the listed ids.
+    pub async fn persisted_counts(&self, ids: &[CampaignId]) -> DbResult<Vec<(CampaignId, i64)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts = self
+            .bounded(
+                issued_coupon::Entity::find()
+                    .select_only()
+                    .column(issued_coupon::Column::CampaignId)
+                    .column_as(issued_coupon::Column::Id.count(), "n")
+                    .filter(issued_coupon::Column::CampaignId.is_in(ids.to_vec()))
+                    .group_by(issued_coupon::Column::CampaignId)
+                    .into_model::<CampaignCount>()
+                    .all(&self.conn),
+            )
+            .await?;
+        Ok(counts.into_iter().map(|c| (c.campaign_id, c.n)).collect())
+    }
+
+    /// Every persisted coupon of one shopper.
+    pub async fn coupons_of_user(&self, user: &str) -> DbResult<Vec<Coupon>> {
+        Ok(self
+            .bounded(
+                issued_coupon::Entity::find()
+                    .filter(issued_coupon::Column::UserId.eq(user))
+                    .order_by_asc(issued_coupon::Column::Id)
+                    .limit(1000)
+                    .all(&self.conn),
+            )
+            .await?
+            .into_iter()
+            .map(to_coupon)
+            .collect())
+    }
+
+    /// Every persisted coupon of one campaign (re-arming, reconciliation).
+    pub async fn coupons_of_campaign(&self, id: CampaignId) -> DbResult<Vec<Coupon>> {
+        Ok(self
+            .bounded(
+                issued_coupon::Entity::find()
+                    .filter(issued_coupon::Column::CampaignId.eq(id))
+                    .order_by_asc(issued_coupon::Column::Sequence)
+                    .all(&self.conn),
+            )
+            .await?
+            .into_iter()
+            .map(to_coupon)
+            .collect())
+    }
+
+    /// Runs raw SQL (test set-up, diagnostics).
+    pub async fn execute_unprepared(&self, sql: &str) -> DbResult<()> {
+        self.bounded(self.conn.execute_unprepared(sql))
+            .await
+            .map(|_| ())
+    }
+}
+
+fn to_coupon(row: issued_coupon::Model) -> Coupon {
+    Coupon {
+        coupon_code: row.coupon_code,
+        campaign_id: row.campaign_id,
+        user_id: row.user_id,
+        sequence: row.sequence,
+        issued_at: row.issued_at,
+    }
+}
+
+fn to_campaign(row: campaign::Model) -> DbResult<Campaign> {
+    let kind = DiscountKind::parse(&row.discount_kind).ok_or_else(|| {
+        DbError::Rejected(format!(
+            "campaign {} has unknown discount kind {:?}",
+            row.id, row.discount_kind
+        ))
+    })?;
+    Ok(Campaign {
+        id: row.id,
+        name: row.name,
+        total_quantity: row.total_quantity,
+        starts_at: row.starts_at,
+        ends_at: row.ends_at,
+        discount: Discount {
+            kind,
+            value: row.discount_value,
+        },
+        coupon_valid_days: row.coupon_valid_days,
+        paused: row.paused,
+        created_at: row.created_at,
+    })
+}
+
+/// Samples pool occupancy into the metrics, and probes how long acquiring a
+/// connection takes right now (`db_pool_acquire_seconds`, `db_pool_timeouts_total`).
+pub async fn export_pool_metrics(db: &Database, acquire_timeout: Duration) {
+    let (in_use, idle, max) = db.pool_status();
+    metrics::get().set_db_pool(in_use, idle, max);
+    let pool = db.conn.get_mysql_connection_pool();
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(acquire_timeout, pool.acquire()).await {
+        Ok(Ok(conn)) => {
+            drop(conn);
+            metrics::get().record_db_acquire(started.elapsed(), false);
+        }
+        Ok(Err(sqlx_err)) => {
+            let timed_out = matches!(sqlx_err, sea_orm::sqlx::Error::PoolTimedOut);
+            metrics::get().record_db_acquire(started.elapsed(), timed_out);
+        }
+        Err(_) => metrics::get().record_db_acquire(started.elapsed(), true),
+    }
+}

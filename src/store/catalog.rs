@@ -1,0 +1,165 @@
+//! Redis side of the read path: top-products snapshots (behind a circuit
+//! breaker), the refresher's leader lease, and the invalidation channel every
+//! instance subscribes to so all L1 caches refresh at once.
+//!
+//! Keys: `<prefix>top:<days>` (JSON snapshot), `<prefix>top:leader` (lease);
+//! channel `<prefix>top:invalidate`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use super::{RedisStore, StoreError};
+use crate::config::RedisSettings;
+use crate::domain::TopSnapshot;
+use crate::resilience::{Breaker, BreakerSettings, GuardError};
+
+/// Snapshots read through a circuit breaker.
+#[derive(Clone)]
+pub struct SnapshotStore {
+    store: RedisStore,
+    breaker: Breaker,
+}
+
+impl RedisStore {
+    fn top_key(&self, days: u32) -> String {
+        format!("{}top:{days}", self.prefix)
+    }
+
+    fn invalidation_channel(&self) -> String {
+        format!("{}top:invalidate", self.prefix)
+    }
+
+    /// Writes the snapshots of every window (one round trip), with a TTL so a
+    /// stopped refresher cannot leave them forever.
+    pub async fn write_snapshots(
+        &self,
+        snapshots: &[TopSnapshot],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for snapshot in snapshots {
+            let json = serde_json::to_string(snapshot)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            pipe.set_ex(
+                self.top_key(snapshot.window_days),
+                json,
+                ttl.as_secs().max(1),
+            )
+            .ignore();
+        }
+        self.run("top_write", |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// Tells every instance to drop its L1 copies.
+    pub async fn publish_invalidation(&self) -> Result<(), StoreError> {
+        let channel = self.invalidation_channel();
+        self.run("publish", |mut c| async move {
+            c.publish::<_, _, i64>(channel, "refresh").await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Takes or renews the refresher lease; true while `owner` holds it.
+    pub async fn hold_lease(&self, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = format!("{}top:leader", self.prefix);
+        let owner = owner.to_owned();
+        let ms = ttl.as_millis() as u64;
+        self.run("lease", |mut c| async move {
+            // Renew if ours, else take it if free: one atomic script.
+            redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                   return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+                 else \
+                   return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 \
+                 end",
+            )
+            .key(key)
+            .arg(owner)
+            .arg(ms)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|n| n == 1)
+        })
+        .await
+    }
+}
+
+impl SnapshotStore {
+    pub fn new(store: RedisStore, breaker: BreakerSettings) -> Self {
+        Self {
+            store,
+            breaker: Breaker::new("redis_top_products", breaker),
+        }
+    }
+
+    pub fn breaker_state(&self) -> u8 {
+        self.breaker.state()
+    }
+
+    /// The snapshot of a window, None if the refresher has not written one.
+    pub async fn read(&self, days: u32) -> Result<Option<TopSnapshot>, GuardError<StoreError>> {
+        let key = self.store.top_key(days);
+        let store = &self.store;
+        let raw: Option<String> = self
+            .breaker
+            .call(store.run("top_read", |mut c| async move { c.get(key).await }))
+            .await?;
+        Ok(raw.and_then(|json| serde_json::from_str(&json).ok()))
+    }
+}
+
+/// Calls `on_message` for every invalidation published by any instance. Reconnects
+/// (and resubscribes) with backoff when Redis goes away, until `shutdown`.
+pub async fn subscribe_invalidations<F>(
+    settings: RedisSettings,
+    channel_prefix: String,
+    on_message: F,
+    shutdown: CancellationToken,
+) where
+    F: Fn() + Send + 'static,
+{
+    let channel = format!("{channel_prefix}top:invalidate");
+    let mut wait = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let connected = async {
+            let client = redis::Client::open(settings.url.expose_secret())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(settings.timeout() * 3, connected).await {
+            Ok(Ok(mut pubsub)) => {
+                wait = Duration::from_millis(100);
+                tracing::info!(%channel, "subscribed to top-products invalidations");
+                // Anything published while we were away is unknown: refresh now.
+                on_message();
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        message = messages.next() => match message {
+                            Some(_) => on_message(),
+                            None => break,
+                        },
+                    }
+                }
+                tracing::warn!(%channel, "invalidation subscription lost, reconnecting");
+            }
+            Ok(Err(err)) => tracing::debug!(error = %err, "cannot subscribe to invalidations yet"),
+            Err(_) => tracing::debug!("subscribing to invalidations timed out"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,499 @@
+//! The Redis side of flashcoupon, and the only module that imports the Redis crates.
+//!
+//! Key layout (every key of one campaign in the hash slot `{c:<id>}`):
+//! - `<prefix>{c:<id>}:meta`    hash: total, starts_at, ends_at (ms), paused, issued
+//! - `<prefix>{c:<id>}:holders` hash: user id -> `code|sequence|issued_at_ms`
+//! - `<prefix>{c:<id>}:outbox`  stream of issued coupons, consumer group `relay`
+//! - `<prefix>campaigns`        set of armed campaign ids (read by the relay)
+//!
+//! Every call is bounded by the configured timeout, including the wait for a pooled
+//! connection; whatever goes wrong comes back as [`StoreError::Unavailable`].
+
+pub mod catalog;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use deadpool_redis::{Config as PoolConfigBuilder, Pool, PoolConfig, Runtime, Timeouts};
+use redis::{AsyncCommands, Script, Value};
+use secrecy::ExposeSecret;
+
+use crate::config::RedisSettings;
+use crate::domain::{CampaignId, Coupon, IssueOutcome, NotOpenReason, UserId};
+use crate::telemetry::metrics;
+
+/// Consumer group of the outbox streams.
+pub const RELAY_GROUP: &str = "relay";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+}
+
+type StoreResult<T> = Result<T, StoreError>;
+
+/// Settings of a campaign as Redis needs them to decide an issuance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArmSpec {
+    pub id: CampaignId,
+    pub total: i64,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub paused: bool,
+}
+
+/// Live figures of one campaign held by Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveFigures {
+    pub issued: i64,
+    pub pending_events: i64,
+    pub paused: bool,
+}
+
+/// One issued coupon waiting in a campaign's outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub stream_id: String,
+    pub campaign_id: CampaignId,
+    pub event_id: String,
+    pub user_id: String,
+    pub coupon_code: String,
+    pub sequence: i64,
+    pub issued_at: DateTime<Utc>,
+    pub traceparent: String,
+}
+
+/// Handle on Redis: a bounded pool plus the issuance scripts.
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+    timeout: Duration,
+    issue_script: Script,
+    arm_script: Script,
+}
+
+impl RedisStore {
+    /// Builds the pool; connections are opened lazily, so this works with Redis down.
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
+        let mut cfg = PoolConfigBuilder::from_url(settings.url.expose_secret());
+        cfg.pool = Some(PoolConfig {
+            max_size: settings.pool_size,
+            timeouts: Timeouts {
+                wait: Some(settings.timeout()),
+                create: Some(settings.timeout()),
+                recycle: Some(settings.timeout()),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
+        Ok(Self {
+            pool,
+            prefix: settings.key_prefix.clone(),
+            timeout: settings.timeout(),
+            issue_script: Script::new(include_str!("lua/issue.lua")),
+            arm_script: Script::new(include_str!("lua/arm.lua")),
+        })
+    }
+
+    fn key(&self, id: CampaignId, part: &str) -> String {
+        format!("{}{{c:{id}}}:{part}", self.prefix)
+    }
+
+    fn campaigns_key(&self) -> String {
+        format!("{}campaigns", self.prefix)
+    }
+
+    /// Runs one Redis exchange on a pooled connection within the timeout, timing it
+    /// under `command` in `redis_command_duration_seconds`.
+    async fn run<T, F, Fut>(&self, command: &'static str, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let started = std::time::Instant::now();
+        let work = async {
+            let conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("no connection: {e}")))?;
+            f(conn)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("{command}: {e}")))
+        };
+        let result = match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{command}: no answer within {:?}",
+                self.timeout
+            ))),
+        };
+        metrics::get().record_redis_command(command, started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// PING, for readiness.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.run("ping", |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// One issuance attempt: the whole rule in one EVALSHA.
+    pub async fn issue(
+        &self,
+        campaign: CampaignId,
+        user: &UserId,
+        coupon_code: &str,
+        event_id: &str,
+        traceparent: &str,
+    ) -> StoreResult<IssueOutcome> {
+        let mut invocation = self.issue_script.prepare_invoke();
+        invocation
+            .key(self.key(campaign, "meta"))
+            .key(self.key(campaign, "holders"))
+            .key(self.key(campaign, "outbox"))
+            .arg(user.as_str())
+            .arg(coupon_code)
+            .arg(event_id)
+            .arg(traceparent);
+        let reply: Vec<String> = self
+            .run("issue", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        let coupon = |raw: &str| parse_holder(campaign, user.as_str(), raw);
+        let outcome = match reply.first().map(String::as_str) {
+            Some("issued") => reply
+                .get(1)
+                .and_then(|r| coupon(r))
+                .map(IssueOutcome::Issued),
+            Some("already") => reply
+                .get(1)
+                .and_then(|r| coupon(r))
+                .map(IssueOutcome::AlreadyIssued),
+            Some("sold_out") => Some(IssueOutcome::SoldOut),
+            Some("paused") => Some(IssueOutcome::NotOpen(NotOpenReason::Paused)),
+            Some("scheduled") => Some(IssueOutcome::NotOpen(NotOpenReason::Scheduled)),
+            Some("ended") => Some(IssueOutcome::NotOpen(NotOpenReason::Ended)),
+            Some("not_armed") => Some(IssueOutcome::NotArmed),
+            _ => None,
+        };
+        outcome.ok_or_else(|| StoreError::Unavailable(format!("issue script answered {reply:?}")))
+    }
+
+    /// Arms a campaign, or updates the window, stock and brake of an armed one.
+    /// `issued` is the starting counter, used only when the campaign was not armed.
+    /// Returns true when it was armed by this call.
+    pub async fn arm(&self, spec: &ArmSpec, issued: i64) -> StoreResult<bool> {
+        let mut invocation = self.arm_script.prepare_invoke();
+        invocation
+            .key(self.key(spec.id, "meta"))
+            .key(self.key(spec.id, "outbox"))
+            .arg(spec.total)
+            .arg(spec.starts_at.timestamp_millis())
+            .arg(spec.ends_at.timestamp_millis())
+            .arg(if spec.paused { 1 } else { 0 })
+            .arg(issued)
+            .arg(RELAY_GROUP);
+        let answer: String = self
+            .run("arm", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        let set = self.campaigns_key();
+        let id = spec.id;
+        self.run(
+            "sadd",
+            |mut c| async move { c.sadd::<_, _, ()>(set, id).await },
+        )
+        .await?;
+        Ok(answer == "armed")
+    }
+
+    /// Whether Redis holds the campaign's state at all.
+    pub async fn is_armed(&self, id: CampaignId) -> StoreResult<bool> {
+        let key = self.key(id, "meta");
+        self.run("exists", |mut c| async move { c.exists(key).await })
+            .await
+    }
+
+    /// Writes holders (user id -> coupon) before a re-arm, so a shopper who already
+    /// holds a coupon keeps it and cannot get a second one.
+    pub async fn restore_holders(&self, id: CampaignId, coupons: &[Coupon]) -> StoreResult<()> {
+        for chunk in coupons.chunks(1000) {
+            let key = self.key(id, "holders");
+            let pairs: Vec<(String, String)> = chunk
+                .iter()
+                .map(|c| {
+                    (
+                        c.user_id.clone(),
+                        format!(
+                            "{}|{}|{}",
+                            c.coupon_code,
+                            c.sequence,
+                            c.issued_at.timestamp_millis()
+                        ),
+                    )
+                })
+                .collect();
+            self.run("hset_holders", |mut c| async move {
+                c.hset_multiple::<_, _, _, ()>(key, &pairs).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the marketing brake on an armed campaign (no-op if not armed).
+    pub async fn set_paused(&self, id: CampaignId, paused: bool) -> StoreResult<()> {
+        let key = self.key(id, "meta");
+        self.run("pause", |mut c| async move {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg("paused")
+                .arg(if paused { 1 } else { 0 })
+                .query_async::<i64>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Issued count, pending outbox entries and brake of one campaign; None if not armed.
+    pub async fn figures(&self, id: CampaignId) -> StoreResult<Option<LiveFigures>> {
+        let meta = self.key(id, "meta");
+        let outbox = self.key(id, "outbox");
+        let (issued, paused, pending): (Option<i64>, Option<i64>, i64) = self
+            .run("figures", |mut c| async move {
+                redis::pipe()
+                    .hget(&meta, "issued")
+                    .hget(&meta, "paused")
+                    .xlen(&outbox)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(issued.map(|issued| LiveFigures {
+            issued,
+            pending_events: pending,
+            paused: paused == Some(1),
+        }))
+    }
+
+    /// The coupons `user` holds in each of `campaigns`, in one round trip.
+    pub async fn holdings(
+        &self,
+        user: &UserId,
+        campaigns: &[CampaignId],
+    ) -> StoreResult<Vec<Coupon>> {
+        if campaigns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in campaigns {
+            pipe.hget(self.key(*id, "holders"), user.as_str());
+        }
+        let raw: Vec<Option<String>> = self
+            .run(
+                "holdings",
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
+            .await?;
+        Ok(campaigns
+            .iter()
+            .zip(raw)
+            .filter_map(|(id, raw)| raw.and_then(|r| parse_holder(*id, user.as_str(), &r)))
+            .collect())
+    }
+
+    /// Length of each campaign's outbox (undelivered entries), in one round trip.
+    pub async fn outbox_lengths(&self, campaigns: &[CampaignId]) -> StoreResult<Vec<i64>> {
+        if campaigns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in campaigns {
+            pipe.xlen(self.key(*id, "outbox"));
+        }
+        self.run(
+            "xlen",
+            |mut c| async move { pipe.query_async(&mut c).await },
+        )
+        .await
+    }
+
+    /// Ids of every armed campaign.
+    pub async fn armed_campaigns(&self) -> StoreResult<Vec<CampaignId>> {
+        let key = self.campaigns_key();
+        let mut ids: Vec<CampaignId> = self
+            .run("smembers", |mut c| async move { c.smembers(key).await })
+            .await?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Reads up to `count` outbox entries for `consumer`: its own unacknowledged
+    /// entries when `own_pending`, otherwise new ones.
+    pub async fn read_outbox(
+        &self,
+        id: CampaignId,
+        consumer: &str,
+        count: usize,
+        own_pending: bool,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        let key = self.key(id, "outbox");
+        let consumer = consumer.to_owned();
+        let reply: Value = self
+            .run("xreadgroup", |mut c| async move {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(RELAY_GROUP)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(if own_pending { "0" } else { ">" })
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let reply: Option<redis::streams::StreamReadReply> =
+            redis::from_redis_value(reply).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .filter_map(|entry| outbox_entry(id, entry))
+            .collect())
+    }
+
+    /// Takes over entries another relay left pending for `min_idle` (it probably died).
+    pub async fn claim_stale(
+        &self,
+        id: CampaignId,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        let key = self.key(id, "outbox");
+        let consumer = consumer.to_owned();
+        let reply: redis::streams::StreamAutoClaimReply = self
+            .run("xautoclaim", |mut c| async move {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&key)
+                    .arg(RELAY_GROUP)
+                    .arg(consumer)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(reply
+            .claimed
+            .into_iter()
+            .filter_map(|entry| outbox_entry(id, entry))
+            .collect())
+    }
+
+    /// Acknowledges delivered entries and removes them from the stream, atomically.
+    pub async fn ack_outbox(&self, id: CampaignId, stream_ids: &[String]) -> StoreResult<()> {
+        if stream_ids.is_empty() {
+            return Ok(());
+        }
+        let key = self.key(id, "outbox");
+        self.run("xack", |mut c| async move {
+            redis::pipe()
+                .atomic()
+                .xack(&key, RELAY_GROUP, stream_ids)
+                .ignore()
+                .xdel(&key, stream_ids)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Replicas connected to the primary we talk to (`INFO replication`).
+    pub async fn connected_replicas(&self) -> StoreResult<i64> {
+        let info: String = self
+            .run("info", |mut c| async move {
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Pool occupancy for the `redis_pool_connections` gauge.
+    pub fn pool_status(&self) -> (usize, usize, usize) {
+        let status = self.pool.status();
+        let in_use = status.size.saturating_sub(status.available);
+        (in_use, status.available, status.max_size)
+    }
+}
+
+/// Parses a holders entry `code|sequence|issued_at_ms`.
+fn parse_holder(campaign_id: CampaignId, user: &str, raw: &str) -> Option<Coupon> {
+    let mut parts = raw.split('|');
+    let code = parts.next()?;
+    let sequence = parts.next()?.parse().ok()?;
+    let issued_ms: i64 = parts.next()?.parse().ok()?;
+    Some(Coupon {
+        coupon_code: code.to_owned(),
+        campaign_id,
+        user_id: user.to_owned(),
+        sequence,
+        issued_at: Utc.timestamp_millis_opt(issued_ms).single()?,
+    })
+}
+
+fn outbox_entry(campaign_id: CampaignId, entry: redis::streams::StreamId) -> Option<OutboxEntry> {
+    let fields: HashMap<String, String> = entry
+        .map
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value_ref::<String>(v).ok()?)))
+        .collect();
+    let issued_ms: i64 = fields.get("ts")?.parse().ok()?;
+    Some(OutboxEntry {
+        stream_id: entry.id,
+        campaign_id,
+        event_id: fields.get("event_id")?.clone(),
+        user_id: fields.get("user_id")?.clone(),
+        coupon_code: fields.get("code")?.clone(),
+        sequence: fields.get("seq")?.parse().ok()?,
+        issued_at: Utc.timestamp_millis_opt(issued_ms).single()?,
+        traceparent: fields.get("tp").cloned().unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_entries_round_trip_into_coupons() {
+        let c = parse_holder(7, "u1", "ABC|3|1700000000123").unwrap();
+        assert_eq!(c.coupon_code, "ABC");
+        assert_eq!(c.sequence, 3);
+        assert_eq!(c.issued_at.timestamp_millis(), 1_700_000_000_123);
+        assert!(parse_holder(7, "u1", "ABC|x|1").is_none());
+        assert!(parse_holder(7, "u1", "ABC").is_none());
+    }
+}

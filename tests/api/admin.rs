@@ -1,0 +1,90 @@
+//! The admin API for marketing: create, list, get, pause, resume, behind a token.
+
+use serde_json::Value;
+
+use crate::helpers::{assert_problem, campaign_body, spawn_app, ADMIN_TOKEN};
+
+#[tokio::test]
+async fn create_returns_201_with_id_and_live_figures_and_list_shows_it() {
+    let app = spawn_app().await;
+    let response = app.create_campaign(campaign_body(100, -1, 3600)).await;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(created["total_quantity"], 100);
+    assert_eq!(created["issued"], 0);
+    assert_eq!(created["remaining"], 100);
+    assert_eq!(created["persisted"], 0);
+    assert_eq!(created["pending_events"], 0);
+    assert_eq!(created["discount"]["kind"], "percent");
+    assert_eq!(created["status"], "open");
+
+    app.claim(id, "u1").await;
+    let one = app.admin_get(id).await;
+    assert_eq!(one["issued"], 1);
+    assert_eq!(one["remaining"], 99);
+
+    let list: Value = app
+        .client
+        .get(app.url("/admin/v1/campaigns"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let campaigns = list["campaigns"].as_array().unwrap();
+    assert_eq!(campaigns.len(), 1);
+    assert_eq!(campaigns[0]["id"], id);
+    assert_eq!(campaigns[0]["issued"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn admin_calls_without_or_with_a_wrong_token_answer_401() {
+    let app = spawn_app().await;
+    let id = app.open_campaign(1).await;
+    let paths = [
+        ("GET", "/admin/v1/campaigns".to_owned()),
+        ("POST", "/admin/v1/campaigns".to_owned()),
+        ("GET", format!("/admin/v1/campaigns/{id}")),
+        ("POST", format!("/admin/v1/campaigns/{id}/pause")),
+        ("POST", format!("/admin/v1/campaigns/{id}/resume")),
+    ];
+    for (method, path) in &paths {
+        for token in [None, Some("wrong"), Some("")] {
+            let mut request = app
+                .client
+                .request(method.parse().unwrap(), app.url(path))
+                .json(&campaign_body(1, 0, 60));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            assert_problem(response, 401, "unauthorized").await;
+        }
+    }
+    // Nothing changed: still open, one campaign.
+    assert_eq!(app.admin_get(id).await["status"], "open");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pause_and_resume_of_an_unknown_campaign_answer_404() {
+    let app = spawn_app().await;
+    assert_problem(
+        app.admin_post("/admin/v1/campaigns/4242/pause").await,
+        404,
+        "campaign-not-found",
+    )
+    .await;
+    assert_problem(
+        app.admin_post("/admin/v1/campaigns/4242/resume").await,
+        404,
+        "campaign-not-found",
+    )
+    .await;
+    app.stop().await;
+}

@@ -1,0 +1,110 @@
+//! Dependencies failing under the service: each test stops only its private instance.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use serde_json::Value;
+
+use crate::helpers::{
+    assert_problem, flashcoupon_command, spawn_app_with, PrivateBroker, PrivateRedis,
+};
+
+#[tokio::test]
+async fn redis_stopped_fails_closed_with_503_and_retry_after_then_rearm_keeps_holders() {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(|s| s.redis.url = url.clone().into()).await;
+    let campaign = app.open_campaign(3).await;
+    let coupon: Value = app.claim(campaign, "holder").await.json().await.unwrap();
+    assert_eq!(
+        app.wait_persisted(campaign, 1, Duration::from_secs(60))
+            .await,
+        1
+    );
+
+    redis.stop();
+    let started = Instant::now();
+    let response = app.claim(campaign, "late").await;
+    let waited = started.elapsed();
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, 503, "unavailable").await;
+    assert!(waited < Duration::from_secs(10), "503 took {waited:?}");
+    let ready = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["redis"]["status"], "down", "{ready}");
+    assert_eq!(ready["mysql"]["status"], "up", "{ready}");
+
+    // Redis comes back empty: the campaign stays closed (503) until re-armed from MySQL.
+    redis.restart().await;
+    assert_problem(app.claim(campaign, "late").await, 503, "unavailable").await;
+    let status = flashcoupon_command(&app.settings, &["campaign", "arm"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The holder keeps the same coupon; the stock did not grow back.
+    let again = assert_problem(app.claim(campaign, "holder").await, 409, "already-issued").await;
+    assert_eq!(again["coupon"]["coupon_code"], coupon["coupon_code"]);
+    assert_eq!(app.claim(campaign, "late").await.status(), 201);
+    assert_eq!(app.claim(campaign, "later").await.status(), 201);
+    assert_problem(app.claim(campaign, "too-late").await, 410, "sold-out").await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_down_keeps_claims_answering_and_every_coupon_reaches_mysql_once() {
+    let mut broker = PrivateBroker::start().await;
+    let brokers = broker.address();
+    let app = spawn_app_with(|s| s.kafka.brokers = brokers).await;
+    let campaign = app.open_campaign(1000).await;
+
+    let claim_range = |range: std::ops::Range<i32>| {
+        let app = &app;
+        stream::iter(range)
+            .map(move |i| async move {
+                app.claim(campaign, &format!("u{i}"))
+                    .await
+                    .status()
+                    .as_u16()
+            })
+            .buffer_unordered(50)
+            .collect::<Vec<u16>>()
+    };
+    assert!(claim_range(0..100).await.iter().all(|s| *s == 201));
+    assert_eq!(
+        app.wait_persisted(campaign, 100, Duration::from_secs(60))
+            .await,
+        100
+    );
+
+    broker.stop();
+    let during = claim_range(100..300).await;
+    assert!(
+        during.iter().all(|s| *s == 201),
+        "claims failed while the broker was down"
+    );
+    let figures = app.admin_get(campaign).await;
+    assert_eq!(figures["issued"], 300);
+    assert!(figures["pending_events"].as_i64().unwrap() > 0, "{figures}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    broker.restart().await;
+    assert_eq!(
+        app.wait_persisted(campaign, 300, Duration::from_secs(40))
+            .await,
+        300
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = app.db.coupons_of_campaign(campaign).await.unwrap();
+    assert_eq!(rows.len(), 300);
+    let users: HashSet<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    assert_eq!(users.len(), 300);
+    assert_eq!(app.admin_get(campaign).await["pending_events"], 0);
+    app.stop().await;
+}

@@ -1,0 +1,633 @@
+//! Test harness: every test gets its own application on a free port, its own MySQL
+//! database (`test_<uuid>`, migrated), its own Redis key prefix, its own Kafka topics
+//! and consumer group. Tests that stop a dependency start a private one
+//! (`PrivateRedis`, `PrivateBroker`) and never touch the shared stack.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flashcoupon::config::Settings;
+use flashcoupon::persistence::{self, Database};
+use flashcoupon::startup::{Application, StopHandle};
+use flashcoupon::telemetry;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Settings isolated for one test, pointing at the shared local stack.
+pub fn isolated_settings() -> Settings {
+    let mut s = Settings::defaults();
+    let id = Uuid::new_v4().simple().to_string();
+    s.server.port = 0;
+    s.server.workers = 2;
+    s.redis.key_prefix = format!("t_{id}:");
+    s.database.url = SecretString::from(format!(
+        "mysql://flashcoupon:flashcoupon@127.0.0.1:3306/test_{id}"
+    ));
+    s.kafka.brokers = std::env::var("TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    s.kafka.issued_topic = format!("coupon.issued.v1.t{id}");
+    s.kafka.persister_group = format!("persister-{id}");
+    s.kafka.partitions = 2;
+    s.catalog.orders_topic = format!("order.paid.v1.t{id}");
+    s.catalog.orders_group = format!("sales-{id}");
+    s.admin.token = SecretString::from(ADMIN_TOKEN.to_owned());
+    if std::env::var("TEST_LOG").is_ok() {
+        s.log.filter = "info,flashcoupon=debug".into();
+        s.log.format = "pretty".into();
+    } else {
+        s.log.filter = "off".into();
+    }
+    telemetry::init_logging(&s.log);
+    s
+}
+
+/// Creates the test database and applies the migrations.
+pub async fn prepare_database(settings: &Settings) -> Database {
+    use secrecy::ExposeSecret;
+    let url = settings.database.url.expose_secret().to_owned();
+    let (server, name) = url.rsplit_once('/').expect("database url has a name");
+    let mut admin = settings.database.clone();
+    admin.url = SecretString::from(format!("{server}/flashcoupon"));
+    let admin_db = persistence::connect(&admin)
+        .await
+        .expect("connect to MariaDB");
+    admin_db
+        .execute_unprepared(&format!(
+            "CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4"
+        ))
+        .await
+        .expect("create test database");
+    let db = persistence::connect(&settings.database)
+        .await
+        .expect("connect test database");
+    persistence::migrate(&db).await.expect("migrate");
+    db
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub settings: Settings,
+    pub db: Database,
+    pub client: reqwest::Client,
+    stop: StopHandle,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// An application on the shared stack.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// An application whose isolated settings `adjust` may change first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = isolated_settings();
+    adjust(&mut settings);
+    let db = prepare_database(&settings).await;
+    start_app(settings, db).await
+}
+
+/// Starts an application on prepared settings and database.
+pub async fn start_app(settings: Settings, db: Database) -> TestApp {
+    let app = Application::build(settings.clone(), false)
+        .await
+        .expect("build application");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.stop_handle();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        settings,
+        db,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .pool_max_idle_per_host(512)
+            .build()
+            .unwrap(),
+        stop,
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Graceful stop, as on SIGTERM; waits for relay and persister to finish.
+    pub async fn stop(mut self) {
+        self.stop.stop().await;
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+
+    pub async fn create_campaign(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/admin/v1/campaigns"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates an open campaign with `stock` coupons and returns its id.
+    pub async fn open_campaign(&self, stock: i64) -> i64 {
+        let response = self.create_campaign(campaign_body(stock, -60, 3600)).await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_i64().expect("id")
+    }
+
+    pub async fn claim(&self, campaign: i64, user: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/api/v1/campaigns/{campaign}/issues")))
+            .header("X-User-Id", user)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GET `path` (as shopper `user` if given) and parse the JSON answer.
+    pub async fn get_json(&self, path: &str, user: Option<&str>) -> Value {
+        let mut request = self.client.get(self.url(path));
+        if let Some(user) = user {
+            request = request.header("X-User-Id", user);
+        }
+        request
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json body")
+    }
+
+    /// The Prometheus exposition of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
+    }
+
+    /// Up to `count` messages of the coupon dead-letter topic (waits up to 30 s).
+    pub async fn read_dlt(&self, count: usize) -> Vec<flashcoupon::events::inspect::ReadMessage> {
+        let kafka = self.settings.kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            flashcoupon::events::inspect::read(
+                &kafka,
+                &kafka.dlt_topic(),
+                count,
+                Duration::from_secs(30),
+            )
+        })
+        .await
+        .expect("reader thread")
+        .expect("read dead-letter topic")
+    }
+
+    pub async fn admin_get(&self, campaign: i64) -> Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/admin/v1/campaigns/{campaign}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    pub async fn admin_post(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Waits until MySQL holds `expected` coupons of the campaign; returns the count seen.
+    pub async fn wait_persisted(&self, campaign: i64, expected: i64, within: Duration) -> i64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let n = self.db.persisted_count(campaign).await.unwrap_or(-1);
+            if n >= expected || Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A creation body with a window relative to now, in seconds.
+pub fn campaign_body(stock: i64, starts_in: i64, ends_in: i64) -> Value {
+    let now = chrono::Utc::now();
+    json!({
+        "name": "Test flash",
+        "total_quantity": stock,
+        "starts_at": (now + chrono::Duration::seconds(starts_in)).to_rfc3339(),
+        "ends_at": (now + chrono::Duration::seconds(ends_in)).to_rfc3339(),
+        "discount": {"kind": "percent", "value": 30},
+        "coupon_valid_days": 7
+    })
+}
+
+/// Checks a problem+json answer and returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, kind: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "content type {content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], kind, "{body}");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "port {port} did not open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A process killed when dropped.
+pub struct Process(Option<Child>);
+
+impl Process {
+    pub fn spawn(command: &mut Command) -> Self {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+        Self(Some(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while let Some(child) = self.0.as_mut() {
+            if child.try_wait().unwrap().is_some() {
+                self.0 = None;
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A redis-server of this test alone, on a free port.
+pub struct PrivateRedis {
+    pub port: u16,
+    process: Process,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let process = Self::launch(port).await;
+        Self { port, process }
+    }
+
+    async fn launch(port: u16) -> Process {
+        let process = Process::spawn(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"]),
+        );
+        wait_for_port(port, Duration::from_secs(10)).await;
+        process
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts again, empty, on the same port.
+    pub async fn restart(&mut self) {
+        self.process = Self::launch(self.port).await;
+    }
+}
+
+/// Path of the Tansu broker binary installed by `scripts/stack up`.
+pub fn tansu_binary() -> String {
+    let marker = concat!(env!("CARGO_MANIFEST_DIR"), "/.stack/tansu-bin");
+    std::fs::read_to_string(marker)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| panic!("{marker} missing: run scripts/stack up first"))
+}
+
+/// A Tansu broker of this test alone (in memory: nothing survives a restart).
+pub struct PrivateBroker {
+    pub port: u16,
+    process: Process,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let process = Self::launch(port).await;
+        Self { port, process }
+    }
+
+    async fn launch(port: u16) -> Process {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let process = Process::spawn(
+            Command::new(tansu_binary())
+                .arg("broker")
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"]),
+        );
+        wait_for_port(port, Duration::from_secs(15)).await;
+        process
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    pub async fn restart(&mut self) {
+        self.process = Self::launch(self.port).await;
+    }
+}
+
+/// The `flashcoupon` binary configured by environment like `settings`.
+pub fn flashcoupon_command(settings: &Settings, args: &[&str]) -> Command {
+    use secrecy::ExposeSecret;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashcoupon"));
+    cmd.args(args)
+        .env(
+            "FLASHCOUPON__SERVER__PORT",
+            settings.server.port.to_string(),
+        )
+        .env("FLASHCOUPON__SERVER__WORKERS", "2")
+        .env(
+            "FLASHCOUPON__DATABASE__URL",
+            settings.database.url.expose_secret(),
+        )
+        .env(
+            "FLASHCOUPON__REDIS__URL",
+            settings.redis.url.expose_secret(),
+        )
+        .env("FLASHCOUPON__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+        .env("FLASHCOUPON__KAFKA__BROKERS", &settings.kafka.brokers)
+        .env(
+            "FLASHCOUPON__KAFKA__ISSUED_TOPIC",
+            &settings.kafka.issued_topic,
+        )
+        .env(
+            "FLASHCOUPON__KAFKA__PERSISTER_GROUP",
+            &settings.kafka.persister_group,
+        )
+        .env("FLASHCOUPON__ADMIN__TOKEN", ADMIN_TOKEN)
+        .env("FLASHCOUPON__LOG__FILTER", "warn");
+    cmd
+}
+
+/// A MariaDB server of this test alone: its own datadir and port.
+pub struct PrivateMariaDb {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    process: Process,
+}
+
+impl PrivateMariaDb {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("fc-mariadb-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .args([
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--user=root",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mariadb-install-db");
+        assert!(status.success(), "mariadb-install-db failed");
+        let process = Self::launch(&dir, port).await;
+        let me = Self { port, dir, process };
+        let ok = Command::new("mariadb")
+            .args(["-h127.0.0.1", &format!("-P{port}"), "-uroot", "-e"])
+            .arg("CREATE USER 'flashcoupon'@'%' IDENTIFIED BY 'flashcoupon'; GRANT ALL ON *.* TO 'flashcoupon'@'%'; CREATE DATABASE flashcoupon;")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        me
+    }
+
+    async fn launch(dir: &std::path::Path, port: u16) -> Process {
+        let process = Process::spawn(
+            Command::new("mariadbd")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", dir.join("data").display()))
+                .arg(format!("--socket={}", dir.join("sock").display()))
+                .arg(format!("--pid-file={}", dir.join("pid").display()))
+                .args([
+                    "--bind-address=127.0.0.1",
+                    &format!("--port={port}"),
+                    "--user=root",
+                ])
+                .args(["--skip-log-bin", "--innodb-buffer-pool-size=32M"]),
+        );
+        wait_for_port(port, Duration::from_secs(30)).await;
+        process
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "mysql://flashcoupon:flashcoupon@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Prometheus of this test alone: scrapes `target` every second and evaluates
+/// the shipped rules (`grafana/prometheus/rules`).
+pub struct PrivatePrometheus {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    _process: Process,
+}
+
+impl PrivatePrometheus {
+    pub async fn start(target: &str) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("fc-prom-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rules = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/grafana/prometheus/rules/*.yml"
+        );
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: ['{rules}']\n\
+             scrape_configs:\n  - job_name: flashcoupon\n    static_configs: [{{targets: ['{target}']}}]\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let process = Process::spawn(
+            Command::new("prometheus")
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+        );
+        wait_for_port(port, Duration::from_secs(30)).await;
+        Self {
+            port,
+            dir,
+            _process: process,
+        }
+    }
+
+    /// Instant query; the `data.result` array.
+    pub async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let body: Value = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(body.to_string());
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Names of the alerts currently firing.
+    pub async fn firing(&self) -> Vec<String> {
+        let body: Value = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/api/v1/alerts", self.port))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["state"] == "firing")
+            .map(|a| {
+                a["labels"]["alertname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+impl Drop for PrivatePrometheus {
+    fn drop(&mut self) {
+        self._process.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The value of the first exposition line starting with `prefix` (name and labels).
+pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

@@ -1,0 +1,12 @@
+//! Black-box tests of flashcoupon against real Redis, MariaDB and a Kafka-protocol
+//! broker. One binary; each module covers one capability.
+
+mod admin;
+mod faults;
+mod health;
+mod helpers;
+mod input;
+mod issue;
+mod observability;
+mod persister;
+mod products;

@@ -1,0 +1,159 @@
+//! The persister: idempotent batched inserts, dead letters, at-least-once offsets.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use flashcoupon::domain::CouponIssuedEvent;
+use flashcoupon::events::EventProducer;
+use futures::{stream, StreamExt};
+
+use crate::helpers::{flashcoupon_command, spawn_app_with, Process};
+
+fn event(campaign: i64, user: &str, sequence: i64) -> CouponIssuedEvent {
+    CouponIssuedEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type: CouponIssuedEvent::EVENT_TYPE.into(),
+        schema_version: 1,
+        occurred_at: Utc::now(),
+        campaign_id: campaign,
+        user_id: user.into(),
+        coupon_code: flashcoupon::domain::new_coupon_code(),
+        sequence,
+    }
+}
+
+#[tokio::test]
+async fn duplicate_delivery_gives_one_row_and_a_malformed_message_goes_to_the_dlt() {
+    let app = spawn_app_with(|s| s.relay.enabled = false).await;
+    let campaign = app.open_campaign(10).await;
+    let producer =
+        EventProducer::new(&app.settings.kafka, app.settings.kafka.issued_topic.clone()).unwrap();
+    let first = event(campaign, "dup-user", 1);
+    let next = event(campaign, "next-user", 2);
+    producer.publish_issued(&first, "").await.unwrap();
+    producer.publish_issued(&first, "").await.unwrap();
+    producer
+        .publish_raw(b"bad", b"{this is not json", &[])
+        .await
+        .unwrap();
+    producer.publish_issued(&next, "").await.unwrap();
+
+    assert_eq!(
+        app.wait_persisted(campaign, 2, Duration::from_secs(60))
+            .await,
+        2
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = app.db.coupons_of_campaign(campaign).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let codes: HashSet<&str> = rows.iter().map(|r| r.coupon_code.as_str()).collect();
+    assert!(
+        codes.contains(first.coupon_code.as_str()) && codes.contains(next.coupon_code.as_str())
+    );
+
+    let dead = app.read_dlt(1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, "{this is not json");
+    assert_eq!(dead[0].key, "bad");
+    let error = dead[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-error")
+        .map(|(_, v)| v.clone());
+    assert!(
+        error.unwrap_or_default().contains("malformed JSON"),
+        "{:?}",
+        dead[0].headers
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_that_conflicts_with_another_coupon_of_the_shopper_goes_to_the_dlt() {
+    let app = spawn_app_with(|s| s.relay.enabled = false).await;
+    let campaign = app.open_campaign(10).await;
+    let producer =
+        EventProducer::new(&app.settings.kafka, app.settings.kafka.issued_topic.clone()).unwrap();
+    producer
+        .publish_issued(&event(campaign, "twice", 1), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.wait_persisted(campaign, 1, Duration::from_secs(60))
+            .await,
+        1
+    );
+    // A different event for the same shopper: never a second row.
+    producer
+        .publish_issued(&event(campaign, "twice", 2), "")
+        .await
+        .unwrap();
+    let dead = app.read_dlt(1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(app.db.persisted_count(campaign).await.unwrap(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn persister_killed_mid_stream_and_restarted_loses_nothing_and_writes_nothing_twice() {
+    let total = 4000;
+    let app = spawn_app_with(|s| s.persister.enabled = false).await;
+    let campaign = app.open_campaign(total).await;
+    let issued: Vec<u16> = stream::iter(0..total)
+        .map(|i| {
+            let app = &app;
+            async move {
+                app.claim(campaign, &format!("s{i}"))
+                    .await
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    assert!(issued.iter().all(|s| *s == 201));
+    // Wait until the relay has put every coupon on the topic.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.admin_get(campaign).await["pending_events"] != 0 {
+        assert!(Instant::now() < deadline, "outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let consume = || {
+        let mut cmd = flashcoupon_command(&app.settings, &["consume"]);
+        cmd.env("FLASHCOUPON__PERSISTER__BATCH_SIZE", "20");
+        Process::spawn(&mut cmd)
+    };
+    let mut persister = consume();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        let n = app.db.persisted_count(campaign).await.unwrap();
+        if n > 0 {
+            persister.kill(); // SIGKILL: no commit, no goodbye
+            break n;
+        }
+        assert!(Instant::now() < deadline, "persister never started writing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        at_kill < total,
+        "killed too late to be mid-stream: {at_kill}"
+    );
+
+    let _restarted = consume();
+    assert_eq!(
+        app.wait_persisted(campaign, total, Duration::from_secs(120))
+            .await,
+        total
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = app.db.coupons_of_campaign(campaign).await.unwrap();
+    assert_eq!(rows.len() as i64, total);
+    let users: HashSet<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    assert_eq!(users.len() as i64, total);
+    let sequences: HashSet<i64> = rows.iter().map(|r| r.sequence).collect();
+    assert_eq!(sequences, (1..=total).collect());
+    app.stop().await;
+}
