@@ -111,12 +111,35 @@ pub async fn run_consumer<H: BatchHandler>(
             break;
         }
     }
-    if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(consumer = name, error = %err, "final commit had nothing to commit");
-    }
     let _ = lag_sampler.await;
+    close_consumer(
+        name,
+        consumer,
+        Duration::from_millis(u64::from(kafka.session_timeout_ms) * 2),
+    )
+    .await;
     tracing::info!(consumer = name, "consumer stopped");
     Ok(())
+}
+
+/// Commits the stored offsets and leaves the group, off the async threads and within
+/// `bound`. librdkafka's close waits for the group coordinator without limit (and
+/// rdkafka's `Drop` runs it), so a broker that never answers the leave would hang
+/// the caller for good: past the bound the close is abandoned on its own thread.
+async fn close_consumer(name: &'static str, consumer: Arc<StreamConsumer>, bound: Duration) {
+    let closing = tokio::task::spawn_blocking(move || {
+        if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(consumer = name, error = %err, "final commit had nothing to commit");
+        }
+        drop(consumer);
+    });
+    if tokio::time::timeout(bound, closing).await.is_err() {
+        tracing::warn!(
+            consumer = name,
+            bound_ms = bound.as_millis() as u64,
+            "kafka consumer did not leave its group in time; abandoning the close"
+        );
+    }
 }
 
 /// Writes one batch and stores its offsets. False if shutdown interrupted it.
@@ -132,6 +155,9 @@ async fn process_batch<H: BatchHandler>(
         .iter()
         .map(|m| m.payload().unwrap_or_default())
         .collect();
+    // One span per message, a child of the trace its producer sent along (the
+    // claim's, for coupons); open while the batch is written.
+    let _message_spans: Vec<tracing::Span> = batch.iter().map(|m| message_span(name, m)).collect();
     let rejects = match write_retrying(name, handler, &payloads, shutdown).await {
         None => return false,
         Some(Ok(rejects)) => rejects,
@@ -167,6 +193,31 @@ async fn process_batch<H: BatchHandler>(
         "batch stored"
     );
     true
+}
+
+/// The span of one consumed message, continuing the trace of its `traceparent` header.
+fn message_span(name: &'static str, message: &BorrowedMessage<'_>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "kafka.consume",
+        otel.name = %format!("{name} {}", message.topic()),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.destination.name = message.topic(),
+        messaging.kafka.partition = message.partition(),
+        messaging.kafka.offset = message.offset(),
+    );
+    crate::telemetry::trace::continue_trace(&span, header(message, "traceparent").as_deref());
+    span
+}
+
+/// The value of the header `key`, if the message has it.
+fn header(message: &BorrowedMessage<'_>, key: &str) -> Option<String> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Calls the handler, retrying transient failures with jittered backoff until
@@ -211,14 +262,8 @@ async fn dead_letter(
         ("x-original-offset", message.offset().to_string()),
         ("x-attempts", "1".to_owned()),
     ];
-    if let Some(original) = message.headers() {
-        for header in original.iter() {
-            if header.key == "traceparent" {
-                if let Some(value) = header.value {
-                    headers.push(("traceparent", String::from_utf8_lossy(value).into_owned()));
-                }
-            }
-        }
+    if let Some(traceparent) = header(message, "traceparent") {
+        headers.push(("traceparent", traceparent));
     }
     let key = message.key().unwrap_or_default();
     let payload = message.payload().unwrap_or_default();

@@ -102,19 +102,23 @@ pub fn read(
     count: usize,
     wait: Duration,
 ) -> anyhow::Result<Vec<ReadMessage>> {
+    // Assigned, not subscribed: a reader joins no group, so there is no rebalance
+    // to wait for and no leave that a broker could leave hanging on close.
     let consumer: BaseConsumer = super::base_config(settings)
-        .set(
-            "group.id",
-            format!("flashcoupon-tail-{}", uuid::Uuid::new_v4()),
-        )
+        .set("group.id", "flashcoupon-reader")
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            settings.session_timeout_ms.to_string(),
-        )
         .create()?;
-    consumer.subscribe(&[topic])?;
+    let metadata = consumer.fetch_metadata(
+        Some(topic),
+        Duration::from_millis(settings.request_timeout_ms),
+    )?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + wait;
     let mut out = Vec::new();
     while out.len() < count && std::time::Instant::now() < deadline {
