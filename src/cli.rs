@@ -139,7 +139,7 @@ pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings =
         Settings::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    telemetry::init_logging(&settings.log);
+    let _traces = telemetry::init(&settings.log, &settings.tracing)?;
     match cli.command {
         Command::Serve => {
             Application::build(settings, true)

@@ -18,6 +18,7 @@ pub struct Settings {
     pub persister: PersisterSettings,
     pub catalog: CatalogSettings,
     pub log: LogSettings,
+    pub tracing: TracingSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +153,24 @@ pub struct LogSettings {
     pub format: String,
 }
 
+/// OpenTelemetry traces: always made (one trace per request, carried through Kafka
+/// in `traceparent`), exported over OTLP/HTTP only when an endpoint is set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TracingSettings {
+    /// OTLP/HTTP base address, e.g. `http://127.0.0.1:4318`; empty: no export.
+    pub otlp_endpoint: String,
+    /// `http/protobuf` (collectors' default) or `http/json`.
+    pub otlp_protocol: String,
+    /// Upper bound for one export request.
+    pub otlp_timeout_ms: u64,
+    /// Share of new traces sampled, 0.0..=1.0; a caller's sampled flag is honoured.
+    pub sample_ratio: f64,
+    /// `service.name` resource attribute.
+    pub service_name: String,
+    /// Which spans become OpenTelemetry spans (`tracing` filter syntax).
+    pub filter: String,
+}
+
 const DEFAULTS: &str = r#"
 [server]
 host = "127.0.0.1"
@@ -228,6 +247,14 @@ timeout_ms = 2000
 [log]
 filter = "info"
 format = "json"
+
+[tracing]
+otlp_endpoint = ""
+otlp_protocol = "http/protobuf"
+otlp_timeout_ms = 3000
+sample_ratio = 1.0
+service_name = "flashcoupon"
+filter = "info"
 "#;
 
 impl Settings {

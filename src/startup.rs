@@ -164,7 +164,9 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(middleware::from_fn(http::record_request))
-                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(tracing_actix_web::TracingLogger::<
+                    crate::http::request_span::RequestSpan,
+                >::new())
                 .app_data(state.clone())
                 .configure(|cfg| http::configure(cfg, max_body))
         })

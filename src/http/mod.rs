@@ -7,6 +7,7 @@ pub mod error;
 mod health;
 mod openapi;
 mod products;
+pub mod request_span;
 mod shopper;
 
 use std::time::Instant;

@@ -2,7 +2,6 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -36,25 +35,6 @@ pub struct MyCoupons {
     pub coupons: Vec<MyCoupon>,
 }
 
-/// The caller's W3C trace context, or a new one, carried to Kafka with the event.
-fn traceparent(req: &HttpRequest) -> String {
-    if let Some(tp) = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() == 55 && v.is_ascii())
-    {
-        return tp.to_owned();
-    }
-    let mut rng = rand::rng();
-    format!(
-        "00-{:016x}{:016x}-{:016x}-01",
-        rng.next_u64(),
-        rng.next_u64(),
-        rng.next_u64()
-    )
-}
-
 /// Claim a coupon of a campaign for the calling shopper.
 #[utoipa::path(
     post, path = "/api/v1/campaigns/{id}/issues", tag = "shopper",
@@ -78,7 +58,7 @@ pub async fn issue(
     let user = shopper(&req)?;
     let outcome = state
         .issuance
-        .claim(id, &user, &traceparent(&req))
+        .claim(id, &user)
         .await
         .map_err(|e| state.service_error(e))?;
     match outcome {

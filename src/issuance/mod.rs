@@ -94,18 +94,20 @@ impl IssuanceService {
     }
 
     /// One shopper presses "get coupon". Fails closed: if Redis cannot decide,
-    /// the answer is Unavailable, never a coupon without the checks.
+    /// the answer is Unavailable, never a coupon without the checks. The span's
+    /// trace context rides with the coupon event into the persister's span.
+    #[tracing::instrument(name = "coupon.claim", skip_all, fields(campaign_id, result))]
     pub async fn claim(
         &self,
         campaign_id: CampaignId,
         user: &UserId,
-        traceparent: &str,
     ) -> ServiceResult<IssueOutcome> {
+        let traceparent = crate::telemetry::trace::traceparent_of(&tracing::Span::current());
         let code = new_coupon_code();
         let event_id = uuid::Uuid::now_v7().to_string();
         let outcome = match self
             .store
-            .issue(campaign_id, user, &code, &event_id, traceparent)
+            .issue(campaign_id, user, &code, &event_id, &traceparent)
             .await
         {
             Ok(outcome) => outcome,
@@ -126,6 +128,7 @@ impl IssuanceService {
             IssueOutcome::NotArmed => "error",
         };
         metrics::get().record_issue(campaign_id, result);
+        tracing::Span::current().record("result", result);
         Ok(outcome)
     }
 

@@ -40,7 +40,8 @@ pub fn isolated_settings() -> Settings {
     } else {
         s.log.filter = "off".into();
     }
-    telemetry::init_logging(&s.log);
+    static TRACES: std::sync::OnceLock<telemetry::trace::TraceGuard> = std::sync::OnceLock::new();
+    TRACES.get_or_init(|| telemetry::init(&s.log, &s.tracing).expect("telemetry"));
     s
 }
 

@@ -10,3 +10,5 @@ mod issue;
 mod observability;
 mod persister;
 mod products;
+mod runbooks;
+mod traces;
