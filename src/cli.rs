@@ -55,6 +55,27 @@ pub enum Command {
     SeedDemo,
     /// Recompute the top products now and tell every instance to refresh its cache.
     RefreshTop,
+    /// Compare Redis (the record of issuance), its outbox and MySQL; print the
+    /// differences and, with --repair, fix them.
+    ///
+    /// Checks one campaign, or every campaign not ended or ended within
+    /// --lookback-hours. missing_in_mysql: issued, older than reconcile.grace_secs, in
+    /// neither the outbox nor MySQL; --repair puts them back into the outbox (the
+    /// relay of a running service delivers them). extra_in_mysql: Redis lost them;
+    /// --repair restores them into Redis and raises its issued counter, so stock given
+    /// away is never handed out again. Exits 0 when clean or repaired, 3 when
+    /// differences remain.
+    Reconcile {
+        /// Only this campaign.
+        #[arg(long)]
+        campaign: Option<String>,
+        /// Fix what differs (otherwise read-only).
+        #[arg(long)]
+        repair: bool,
+        /// Without --campaign: campaigns that ended within this many hours.
+        #[arg(long)]
+        lookback_hours: Option<u64>,
+    },
     /// Kafka diagnostics (works against Tansu locally and Apache Kafka in production).
     Kafka {
         #[command(subcommand)]
@@ -107,7 +128,7 @@ pub enum CampaignAction {
     Pause { id: String },
     /// Resume a paused campaign.
     Resume { id: String },
-    /// Re-arm in Redis every live campaign Redis has lost, from MySQL.
+    /// Re-arm from MySQL every live campaign Redis has lost or is behind on.
     Arm,
 }
 
@@ -165,8 +186,135 @@ pub async fn run() -> anyhow::Result<()> {
             println!("top products refreshed and invalidation published");
             Ok(())
         }
+        Command::Reconcile {
+            campaign,
+            repair,
+            lookback_hours,
+        } => {
+            let campaign = campaign.as_deref().map(parse_id).transpose()?;
+            let clean = reconcile(settings, campaign, repair, lookback_hours).await?;
+            if !clean {
+                std::process::exit(3);
+            }
+            Ok(())
+        }
         Command::Kafka { action } => kafka(settings, action).await,
     }
+}
+
+/// `flashcoupon reconcile`: true when nothing differs (or everything was repaired).
+async fn reconcile(
+    settings: Settings,
+    campaign: Option<i64>,
+    repair: bool,
+    lookback_hours: Option<u64>,
+) -> anyhow::Result<bool> {
+    use crate::reconcile::Reconciler;
+    let store = RedisStore::new(&settings.redis)?;
+    let db = persistence::connect(&settings.database).await?;
+    let reconciler = Reconciler::new(
+        store.clone(),
+        db,
+        Duration::from_secs(settings.reconcile.grace_secs),
+    );
+    let ids: Vec<i64> = match campaign {
+        Some(id) => vec![id],
+        None => {
+            let hours = lookback_hours.unwrap_or(settings.reconcile.lookback_hours);
+            reconciler
+                .recent_campaigns(Duration::from_secs(hours * 3600))
+                .await?
+                .into_iter()
+                .map(|c| c.id)
+                .collect()
+        }
+    };
+    let mut clean = true;
+    for id in &ids {
+        let total = store.figures(*id).await?.map(|f| f.issued).unwrap_or(0);
+        let bar = indicatif::ProgressBar::new(total.max(0) as u64)
+            .with_message(format!("campaign {id}: reading redis holders"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ({eta})")
+                .expect("static template"),
+        );
+        if total < 10_000 {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let report = reconciler
+            .check(*id, |n| bar.set_position(n as u64))
+            .await?;
+        bar.finish_and_clear();
+        let d = &report.differences;
+        println!(
+            "campaign {id}: redis {} issued, {} holders{}; outbox {}; mysql {} rows; in flight {}",
+            report.redis_issued,
+            report.redis_holders,
+            if report.armed {
+                ""
+            } else {
+                " (not armed: `flashcoupon campaign arm`)"
+            },
+            report.outbox_pending,
+            report.mysql_rows,
+            d.in_flight
+        );
+        println!(
+            "  missing_in_mysql {}, extra_in_mysql {}, code_mismatch {}{}",
+            d.missing_in_mysql.len(),
+            d.extra_in_mysql.len(),
+            d.code_mismatch.len(),
+            match d.issued_behind {
+                Some((redis, floor)) =>
+                    format!(", redis issued counter {redis} behind mysql {floor}"),
+                None => String::new(),
+            }
+        );
+        for c in d.missing_in_mysql.iter().take(20) {
+            println!(
+                "  missing_in_mysql user={} code={} seq={} issued_at={}",
+                c.user_id, c.coupon_code, c.sequence, c.issued_at
+            );
+        }
+        for c in d.extra_in_mysql.iter().take(20) {
+            println!(
+                "  extra_in_mysql   user={} code={} seq={} issued_at={}",
+                c.user_id, c.coupon_code, c.sequence, c.issued_at
+            );
+        }
+        for (redis, mysql) in d.code_mismatch.iter().take(20) {
+            println!(
+                "  code_mismatch    user={} redis={} mysql={}",
+                redis.user_id, redis.coupon_code, mysql.coupon_code
+            );
+        }
+        if d.is_clean() {
+            continue;
+        }
+        if !repair {
+            clean = false;
+            continue;
+        }
+        let repaired = reconciler.repair(&report).await?;
+        println!(
+            "  repaired: {} coupon(s) put back into the outbox, {} holder(s) restored in redis",
+            repaired.reenqueued, repaired.restored_in_redis
+        );
+        if !d.code_mismatch.is_empty() {
+            println!("  code mismatches are not repaired automatically: resolve them with the service owner");
+            clean = false;
+        }
+    }
+    println!(
+        "reconcile: {} campaign(s) checked{}",
+        ids.len(),
+        if clean {
+            ", no difference left"
+        } else {
+            ", differences found (exit 3)"
+        }
+    );
+    Ok(clean)
 }
 
 async fn migrate(settings: Settings, action: MigrateAction) -> anyhow::Result<()> {
@@ -269,6 +417,21 @@ async fn campaign(settings: Settings, action: CampaignAction) -> anyhow::Result<
         CampaignAction::Arm => {
             let armed = service.arm_live_campaigns().await?;
             println!("re-armed {armed} campaign(s) from MySQL");
+            let reconciler = crate::reconcile::Reconciler::new(
+                service.store().clone(),
+                service.db().clone(),
+                Duration::from_secs(settings.reconcile.grace_secs),
+            );
+            for campaign in reconciler.recent_campaigns(Duration::ZERO).await? {
+                let report = reconciler.check(campaign.id, |_| {}).await?;
+                if report.armed && report.differences.redis_behind() {
+                    let repaired = reconciler.repair_redis_only(&report).await?;
+                    println!(
+                        "campaign {}: redis was behind mysql, restored {} holder(s)",
+                        campaign.id, repaired.restored_in_redis
+                    );
+                }
+            }
         }
     }
     Ok(())

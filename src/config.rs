@@ -19,6 +19,18 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub log: LogSettings,
     pub tracing: TracingSettings,
+    pub reconcile: ReconcileSettings,
+}
+
+/// The scheduled comparison of Redis, outbox and MySQL (see `reconcile`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReconcileSettings {
+    /// Seconds between passes of the service; 0 turns the pass off.
+    pub interval_secs: u64,
+    /// A coupon younger than this is in flight, not missing from MySQL.
+    pub grace_secs: u64,
+    /// Campaigns that ended longer ago than this are not checked.
+    pub lookback_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +259,11 @@ timeout_ms = 2000
 [log]
 filter = "info"
 format = "json"
+
+[reconcile]
+interval_secs = 60
+grace_secs = 120
+lookback_hours = 24
 
 [tracing]
 otlp_endpoint = ""

@@ -18,6 +18,8 @@ pub mod http;
 pub mod issuance;
 /// MySQL (sea-orm): campaigns and issued coupons.
 pub mod persistence;
+/// Redis vs outbox vs MySQL: differences, gauges, repair, the scheduled pass.
+pub mod reconcile;
 /// Circuit breakers (failsafe) and bulkheads used around Redis and MySQL.
 pub mod resilience;
 /// Wiring: builds the application, runs it, stops it in order.

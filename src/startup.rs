@@ -92,6 +92,19 @@ impl Application {
             issuance.clone(),
             shutdown.clone(),
         )));
+        if settings.reconcile.interval_secs > 0 {
+            let reconcile = &settings.reconcile;
+            tasks.push(tokio::spawn(crate::reconcile::run_periodic(
+                crate::reconcile::Reconciler::new(
+                    store.clone(),
+                    db.clone(),
+                    Duration::from_secs(reconcile.grace_secs),
+                ),
+                Duration::from_secs(reconcile.interval_secs),
+                Duration::from_secs(reconcile.lookback_hours * 3600),
+                shutdown.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(sample_pools(
             store.clone(),
             db.clone(),

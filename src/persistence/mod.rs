@@ -271,13 +271,39 @@ impl Database {
             })
             .await?;
         let stored_set: HashSet<&str> = stored.iter().map(String::as_str).collect();
-        let conflicting: Vec<String> = events
+        let unmatched: Vec<&CouponIssuedEvent> = events
             .iter()
             .filter(|e| !stored_set.contains(e.event_id.as_str()))
+            .collect();
+        // The same coupon under another event id (reconcile re-enqueued a coupon
+        // that was only late) is already stored, not a conflict.
+        let same_coupon: HashSet<(CampaignId, String, String)> = if unmatched.is_empty() {
+            HashSet::new()
+        } else {
+            let codes: Vec<String> = unmatched.iter().map(|e| e.coupon_code.clone()).collect();
+            self.bounded(
+                issued_coupon::Entity::find()
+                    .select_only()
+                    .column(issued_coupon::Column::CampaignId)
+                    .column(issued_coupon::Column::UserId)
+                    .column(issued_coupon::Column::CouponCode)
+                    .filter(issued_coupon::Column::CouponCode.is_in(codes))
+                    .into_tuple::<(CampaignId, String, String)>()
+                    .all(&self.conn),
+            )
+            .await?
+            .into_iter()
+            .collect()
+        };
+        let conflicting: Vec<String> = unmatched
+            .iter()
+            .filter(|e| {
+                !same_coupon.contains(&(e.campaign_id, e.user_id.clone(), e.coupon_code.clone()))
+            })
             .map(|e| e.event_id.clone())
             .collect();
         Ok(InsertReport {
-            stored: stored.len(),
+            stored: events.len() - conflicting.len(),
             conflicting,
         })
     }

@@ -73,6 +73,7 @@ pub struct RedisStore {
     timeout: Duration,
     issue_script: Script,
     arm_script: Script,
+    catch_up_script: Script,
 }
 
 impl RedisStore {
@@ -95,6 +96,7 @@ impl RedisStore {
             timeout: settings.timeout(),
             issue_script: Script::new(include_str!("lua/issue.lua")),
             arm_script: Script::new(include_str!("lua/arm.lua")),
+            catch_up_script: Script::new(include_str!("lua/catch_up.lua")),
         })
     }
 
@@ -230,17 +232,7 @@ impl RedisStore {
             let key = self.key(id, "holders");
             let pairs: Vec<(String, String)> = chunk
                 .iter()
-                .map(|c| {
-                    (
-                        c.user_id.clone(),
-                        format!(
-                            "{}|{}|{}",
-                            c.coupon_code,
-                            c.sequence,
-                            c.issued_at.timestamp_millis()
-                        ),
-                    )
-                })
+                .map(|c| (c.user_id.clone(), holder_value(c)))
                 .collect();
             self.run("hset_holders", |mut c| async move {
                 c.hset_multiple::<_, _, _, ()>(key, &pairs).await
@@ -248,6 +240,130 @@ impl RedisStore {
             .await?;
         }
         Ok(())
+    }
+
+    /// Restores holders Redis lost into an armed campaign and raises its issued
+    /// counter to at least `issued_floor`; holders Redis has are kept. Returns the
+    /// holders restored, or None if the campaign is not armed.
+    pub async fn catch_up(
+        &self,
+        id: CampaignId,
+        lost: &[Coupon],
+        issued_floor: i64,
+    ) -> StoreResult<Option<usize>> {
+        let mut restored = 0;
+        let chunks: Vec<&[Coupon]> = if lost.is_empty() {
+            vec![&[]]
+        } else {
+            lost.chunks(500).collect()
+        };
+        for chunk in chunks {
+            let mut invocation = self.catch_up_script.prepare_invoke();
+            invocation
+                .key(self.key(id, "meta"))
+                .key(self.key(id, "holders"))
+                .arg(issued_floor);
+            for c in chunk {
+                invocation.arg(&c.user_id).arg(holder_value(c));
+            }
+            let answer: i64 = self
+                .run("catch_up", |mut c| async move {
+                    invocation.invoke_async(&mut c).await
+                })
+                .await?;
+            if answer < 0 {
+                return Ok(None);
+            }
+            restored += answer as usize;
+        }
+        Ok(Some(restored))
+    }
+
+    /// Every holder of a campaign (HSCAN in pages of 1000, each page within the
+    /// timeout); `progress` is called with the count read so far.
+    pub async fn all_holders(
+        &self,
+        id: CampaignId,
+        mut progress: impl FnMut(usize),
+    ) -> StoreResult<Vec<Coupon>> {
+        let key = self.key(id, "holders");
+        let mut cursor = 0u64;
+        let mut holders = Vec::new();
+        loop {
+            let key = key.clone();
+            let (next, page): (u64, Vec<(String, String)>) = self
+                .run("hscan", |mut c| async move {
+                    redis::cmd("HSCAN")
+                        .arg(&key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            holders.extend(
+                page.iter()
+                    .filter_map(|(user, raw)| parse_holder(id, user, raw)),
+            );
+            progress(holders.len());
+            if next == 0 {
+                return Ok(holders);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Every entry still in a campaign's outbox (not yet delivered to Kafka).
+    pub async fn outbox_entries(&self, id: CampaignId) -> StoreResult<Vec<OutboxEntry>> {
+        let key = self.key(id, "outbox");
+        let mut start = "-".to_owned();
+        let mut entries = Vec::new();
+        loop {
+            let key = key.clone();
+            let from = start.clone();
+            let page: redis::streams::StreamRangeReply = self
+                .run("xrange", |mut c| async move {
+                    c.xrange_count(&key, from, "+", 1000).await
+                })
+                .await?;
+            let last = page.ids.last().map(|e| e.id.clone());
+            let full = page.ids.len() == 1000;
+            entries.extend(page.ids.into_iter().filter_map(|e| outbox_entry(id, e)));
+            match last {
+                Some(last) if full => start = format!("({last}"),
+                _ => return Ok(entries),
+            }
+        }
+    }
+
+    /// Puts coupons back into a campaign's outbox, with fresh event ids, so the relay
+    /// delivers them again (reconcile's repair of coupons missing from MySQL).
+    pub async fn reenqueue(&self, id: CampaignId, coupons: &[Coupon]) -> StoreResult<usize> {
+        for chunk in coupons.chunks(500) {
+            let key = self.key(id, "outbox");
+            let mut pipe = redis::pipe();
+            for c in chunk {
+                pipe.xadd(
+                    &key,
+                    "*",
+                    &[
+                        ("event_id", uuid::Uuid::now_v7().to_string()),
+                        ("user_id", c.user_id.clone()),
+                        ("code", c.coupon_code.clone()),
+                        ("seq", c.sequence.to_string()),
+                        ("ts", c.issued_at.timestamp_millis().to_string()),
+                        ("tp", String::new()),
+                    ],
+                )
+                .ignore();
+            }
+            self.run("xadd", |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await?;
+        }
+        Ok(coupons.len())
     }
 
     /// Sets the marketing brake on an armed campaign (no-op if not armed).
@@ -447,6 +563,16 @@ impl RedisStore {
         let in_use = status.size.saturating_sub(status.available);
         (in_use, status.available, status.max_size)
     }
+}
+
+/// A holders entry: `code|sequence|issued_at_ms`.
+fn holder_value(c: &Coupon) -> String {
+    format!(
+        "{}|{}|{}",
+        c.coupon_code,
+        c.sequence,
+        c.issued_at.timestamp_millis()
+    )
 }
 
 /// Parses a holders entry `code|sequence|issued_at_ms`.

@@ -10,5 +10,6 @@ mod issue;
 mod observability;
 mod persister;
 mod products;
+mod reconcile;
 mod runbooks;
 mod traces;

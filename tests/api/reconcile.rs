@@ -1,0 +1,190 @@
+//! Reconciliation and the re-arm rule when Redis is behind MySQL: lost holders come
+//! back, the stock never grows, coupons missing from MySQL are re-delivered, and the
+//! differences are exported for the alert.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{assert_problem, flashcoupon_command, spawn_app_with, TestApp};
+
+/// Redis "loses" a holder and its share of the issued counter, as a failover
+/// without the WAIT mode can.
+async fn lose_in_redis(app: &TestApp, campaign: i64, user: &str, issued: i64) {
+    use secrecy::ExposeSecret;
+    let client = redis::Client::open(app.settings.redis.url.expose_secret()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = &app.settings.redis.key_prefix;
+    let _: () = redis::pipe()
+        .hdel(format!("{prefix}{{c:{campaign}}}:holders"), user)
+        .hset(format!("{prefix}{{c:{campaign}}}:meta"), "issued", issued)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn holder_known(app: &TestApp, campaign: i64, user: &str) -> bool {
+    use secrecy::ExposeSecret;
+    let client = redis::Client::open(app.settings.redis.url.expose_secret()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = &app.settings.redis.key_prefix;
+    redis::AsyncCommands::hexists(&mut conn, format!("{prefix}{{c:{campaign}}}:holders"), user)
+        .await
+        .unwrap()
+}
+
+async fn coupon_code(app: &TestApp, campaign: i64, user: &str) -> String {
+    let body: Value = app.claim(campaign, user).await.json().await.unwrap();
+    body["coupon_code"].as_str().expect("coupon").to_owned()
+}
+
+fn reconcile(app: &TestApp, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["reconcile"];
+    all.extend_from_slice(args);
+    let output = flashcoupon_command(&app.settings, &all)
+        .env("FLASHCOUPON__RECONCILE__GRACE_SECS", "0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn the_scheduled_pass_catches_redis_up_and_exports_what_mysql_misses() {
+    let app = spawn_app_with(|s| {
+        s.reconcile.interval_secs = 1;
+        s.reconcile.grace_secs = 0;
+    })
+    .await;
+    let campaign = app.open_campaign(5).await;
+    let first = coupon_code(&app, campaign, "first").await;
+    coupon_code(&app, campaign, "second").await;
+    coupon_code(&app, campaign, "third").await;
+    assert_eq!(
+        app.wait_persisted(campaign, 3, Duration::from_secs(60))
+            .await,
+        3
+    );
+
+    // Redis forgets "first" and two issued coupons; MySQL forgets "third".
+    lose_in_redis(&app, campaign, "first", 1).await;
+    app.db
+        .execute_unprepared(&format!(
+            "DELETE FROM issued_coupon WHERE campaign_id = {campaign} AND user_id = 'third'"
+        ))
+        .await
+        .unwrap();
+
+    // Within a few passes Redis holds "first" again with the same coupon (asking
+    // Redis, not claiming: a claim inside that window would be a second coupon,
+    // the loss that only the WAIT durability mode prevents)...
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !holder_known(&app, campaign, "first").await {
+        assert!(std::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = assert_problem(app.claim(campaign, "first").await, 409, "already-issued").await;
+    assert_eq!(again["coupon"]["coupon_code"], first.as_str());
+    // ...and the stock did not grow back: 5 - 3 = 2 more, then sold out.
+    assert_eq!(app.claim(campaign, "fourth").await.status(), 201);
+    assert_eq!(app.claim(campaign, "fifth").await.status(), 201);
+    assert_problem(app.claim(campaign, "sixth").await, 410, "sold-out").await;
+
+    // The row MySQL lost is reported, not silently rewritten; what Redis lost is
+    // no longer a difference once it caught up.
+    let gauge = |text: &str, kind: &str| {
+        let needle = format!("reconcile_differences{{campaign_id=\"{campaign}\",kind=\"{kind}\"");
+        crate::helpers::metric_value(text, &needle)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = app.metrics_text().await;
+        let seen = (
+            gauge(&text, "missing_in_mysql"),
+            gauge(&text, "extra_in_mysql"),
+        );
+        if seen == (Some(1.0), Some(0.0)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gauges never settled: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reconcile_reports_differences_and_repair_fixes_both_sides() {
+    let app = spawn_app_with(|s| s.reconcile.interval_secs = 0).await;
+    let campaign = app.open_campaign(4).await;
+    let kept = coupon_code(&app, campaign, "kept").await;
+    coupon_code(&app, campaign, "lost-in-mysql").await;
+    let lost = coupon_code(&app, campaign, "lost-in-redis").await;
+    assert_eq!(
+        app.wait_persisted(campaign, 3, Duration::from_secs(60))
+            .await,
+        3
+    );
+
+    let id = campaign.to_string();
+    let (code, text) = reconcile(&app, &["--campaign", &id]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("missing_in_mysql 0, extra_in_mysql 0, code_mismatch 0"),
+        "{text}"
+    );
+
+    lose_in_redis(&app, campaign, "lost-in-redis", 2).await;
+    app.db
+        .execute_unprepared(&format!(
+            "DELETE FROM issued_coupon WHERE campaign_id = {campaign} AND user_id = 'lost-in-mysql'"
+        ))
+        .await
+        .unwrap();
+    let (code, text) = reconcile(&app, &["--campaign", &id]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("missing_in_mysql 1, extra_in_mysql 1, code_mismatch 0, redis issued counter 2 behind mysql 3"), "{text}");
+    assert!(
+        text.contains("missing_in_mysql user=lost-in-mysql"),
+        "{text}"
+    );
+    assert!(
+        text.contains("extra_in_mysql   user=lost-in-redis"),
+        "{text}"
+    );
+
+    let (code, text) = reconcile(&app, &["--campaign", &id, "--repair"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("1 coupon(s) put back into the outbox, 1 holder(s) restored"),
+        "{text}"
+    );
+    // The running relay and persister deliver the re-enqueued coupon.
+    assert_eq!(
+        app.wait_persisted(campaign, 3, Duration::from_secs(60))
+            .await,
+        3
+    );
+    let (code, text) = reconcile(&app, &["--campaign", &id]);
+    assert_eq!(code, 0, "{text}");
+
+    let again = assert_problem(
+        app.claim(campaign, "lost-in-redis").await,
+        409,
+        "already-issued",
+    )
+    .await;
+    assert_eq!(again["coupon"]["coupon_code"], lost.as_str());
+    let kept_again = assert_problem(app.claim(campaign, "kept").await, 409, "already-issued").await;
+    assert_eq!(kept_again["coupon"]["coupon_code"], kept.as_str());
+    assert_eq!(app.claim(campaign, "newcomer").await.status(), 201);
+    assert_problem(app.claim(campaign, "one-too-many").await, 410, "sold-out").await;
+
+    let (code, text) = reconcile(&app, &["--campaign", "zero"]);
+    assert_ne!(code, 0);
+    assert!(text.contains("zero"), "{text}");
+    app.stop().await;
+}
