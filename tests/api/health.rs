@@ -100,17 +100,7 @@ async fn sigterm_stops_serving_and_the_relay_flushes_before_exit() {
     wait_for_port(settings.server.port, Duration::from_secs(30)).await;
     let base = format!("http://127.0.0.1:{}", settings.server.port);
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{base}/admin/v1/campaigns"))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-        .json(&crate::helpers::campaign_body(50, -60, 3600))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_i64().unwrap();
+    let id = crate::helpers::open_campaign_at(&client, &base, 50).await;
     let claim = |i: usize| {
         let client = client.clone();
         let base = base.clone();

@@ -229,6 +229,22 @@ impl TestApp {
     }
 }
 
+/// Creates an open campaign of `stock` on a service at `base` (a spawned
+/// `flashcoupon serve`) and returns its id.
+pub async fn open_campaign_at(client: &reqwest::Client, base: &str, stock: i64) -> i64 {
+    let created: Value = client
+        .post(format!("{base}/admin/v1/campaigns"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&campaign_body(stock, -60, 3600))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["id"].as_i64().expect("campaign id")
+}
+
 /// A creation body with a window relative to now, in seconds.
 pub fn campaign_body(stock: i64, starts_in: i64, ends_in: i64) -> Value {
     let now = chrono::Utc::now();

@@ -65,17 +65,7 @@ async fn every_safe_runbook_block_runs_and_every_metric_it_greps_exists() {
         .unwrap();
 
     // A little traffic, so that counters and histograms have series.
-    let created: serde_json::Value = client
-        .post(format!("{base}/admin/v1/campaigns"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&crate::helpers::campaign_body(5, -60, 3600))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_i64().expect("campaign id");
+    let id = crate::helpers::open_campaign_at(&client, &base, 5).await;
     let user = uuid::Uuid::new_v4().simple().to_string();
     for i in 0..8 {
         let status = client

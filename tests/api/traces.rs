@@ -10,8 +10,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::Value;
 
 use crate::helpers::{
-    campaign_body, flashcoupon_command, free_port, isolated_settings, prepare_database,
-    wait_for_port, Process, ADMIN_TOKEN,
+    flashcoupon_command, free_port, isolated_settings, prepare_database, wait_for_port, Process,
 };
 
 /// Every span the receiver got: (trace id, span id, parent span id, name).
@@ -70,17 +69,7 @@ async fn a_claim_is_one_trace_from_the_request_to_the_persister() {
     wait_for_port(settings.server.port, Duration::from_secs(30)).await;
     let base = format!("http://127.0.0.1:{}", settings.server.port);
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{base}/admin/v1/campaigns"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&campaign_body(5, -60, 3600))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_i64().unwrap();
+    let id = crate::helpers::open_campaign_at(&client, &base, 5).await;
 
     let trace_id = uuid::Uuid::new_v4().simple().to_string();
     let caller_span = "00f067aa0ba902b7";
