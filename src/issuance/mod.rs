@@ -110,7 +110,12 @@ impl IssuanceService {
             .issue(campaign_id, user, &code, &event_id, &traceparent)
             .await
         {
-            Ok(outcome) => outcome,
+            Ok((outcome, remaining)) => {
+                if let Some(remaining) = remaining {
+                    metrics::get().set_stock_remaining(campaign_id, remaining);
+                }
+                outcome
+            }
             Err(err) => {
                 metrics::get().record_issue(campaign_id, "error");
                 return Err(err.into());

@@ -146,7 +146,8 @@ impl RedisStore {
         .map(|_| ())
     }
 
-    /// One issuance attempt: the whole rule in one EVALSHA.
+    /// One issuance attempt: the whole rule in one EVALSHA. Also answers the stock
+    /// left when it is known (after an issue, or 0 when sold out).
     pub async fn issue(
         &self,
         campaign: CampaignId,
@@ -154,7 +155,7 @@ impl RedisStore {
         coupon_code: &str,
         event_id: &str,
         traceparent: &str,
-    ) -> StoreResult<IssueOutcome> {
+    ) -> StoreResult<(IssueOutcome, Option<i64>)> {
         let mut invocation = self.issue_script.prepare_invoke();
         invocation
             .key(self.key(campaign, "meta"))
@@ -186,7 +187,13 @@ impl RedisStore {
             Some("not_armed") => Some(IssueOutcome::NotArmed),
             _ => None,
         };
-        outcome.ok_or_else(|| StoreError::Unavailable(format!("issue script answered {reply:?}")))
+        let remaining = match outcome {
+            Some(IssueOutcome::SoldOut) => Some(0),
+            _ => reply.get(2).and_then(|r| r.parse().ok()),
+        };
+        outcome
+            .map(|o| (o, remaining))
+            .ok_or_else(|| StoreError::Unavailable(format!("issue script answered {reply:?}")))
     }
 
     /// Arms a campaign, or updates the window, stock and brake of an armed one.

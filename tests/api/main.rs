@@ -7,6 +7,7 @@ mod health;
 mod helpers;
 mod input;
 mod issue;
+mod metrics;
 mod observability;
 mod persister;
 mod products;

@@ -5,7 +5,7 @@
 --   KEYS[2] holders hash (user id -> "code|sequence|issued_at_ms")
 --   KEYS[3] outbox stream (one entry per coupon, drained to Kafka by the relay)
 --   ARGV[1] user id, ARGV[2] fresh coupon code, ARGV[3] event id, ARGV[4] traceparent
--- Answers {outcome} or {outcome, coupon}.
+-- Answers {outcome}, {outcome, coupon}, or {'issued', coupon, stock remaining}.
 local meta = redis.call('HMGET', KEYS[1], 'total', 'starts_at', 'ends_at', 'paused', 'issued')
 if not meta[1] then
   return {'not_armed'}
@@ -36,4 +36,4 @@ redis.call('HSET', KEYS[2], ARGV[1], coupon)
 redis.call('XADD', KEYS[3], '*',
   'event_id', ARGV[3], 'user_id', ARGV[1], 'code', ARGV[2],
   'seq', seq, 'ts', now, 'tp', ARGV[4])
-return {'issued', coupon}
+return {'issued', coupon, tostring(tonumber(meta[1]) - seq)}
