@@ -76,6 +76,11 @@ pub enum Command {
         #[arg(long)]
         lookback_hours: Option<u64>,
     },
+    /// Dead-letter topic tools.
+    Dlt {
+        #[command(subcommand)]
+        action: DltAction,
+    },
     /// Kafka diagnostics (works against Tansu locally and Apache Kafka in production).
     Kafka {
         #[command(subcommand)]
@@ -130,6 +135,25 @@ pub enum CampaignAction {
     Resume { id: String },
     /// Re-arm from MySQL every live campaign Redis has lost or is behind on.
     Arm,
+}
+
+#[derive(Subcommand)]
+pub enum DltAction {
+    /// Send the dead letters not yet replayed back to their original topic (header
+    /// x-original-topic), once their cause is fixed. Progress is kept in the consumer
+    /// group `<dlt>.replay`, so each letter is replayed once; the persister is
+    /// idempotent, and a letter that still fails returns to the DLT.
+    Replay {
+        /// Dead-letter topic; default `<kafka.issued_topic>.dlt`.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only list what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replay at most this many letters.
+        #[arg(long, default_value_t = 10_000)]
+        max: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +220,59 @@ pub async fn run() -> anyhow::Result<()> {
             if !clean {
                 std::process::exit(3);
             }
+            Ok(())
+        }
+        Command::Dlt {
+            action:
+                DltAction::Replay {
+                    topic,
+                    dry_run,
+                    max,
+                },
+        } => {
+            let topic = topic.unwrap_or_else(|| settings.kafka.dlt_topic());
+            let report = crate::events::replay::replay(
+                &settings.kafka,
+                &topic,
+                dry_run,
+                max,
+                |letter, target| {
+                    let error = letter
+                        .headers
+                        .get("x-error")
+                        .map(String::as_str)
+                        .unwrap_or("-");
+                    match target {
+                        Some(target) => println!(
+                            "{}{topic}[{}]@{} -> {target} key={} error={error}",
+                            if dry_run { "would replay " } else { "replay " },
+                            letter.partition,
+                            letter.offset,
+                            String::from_utf8_lossy(&letter.key),
+                        ),
+                        None => println!(
+                            "skip {topic}[{}]@{}: no x-original-topic header",
+                            letter.partition, letter.offset
+                        ),
+                    }
+                },
+            )
+            .await?;
+            println!(
+                "{} dead letter(s) read, {} {}, {} skipped",
+                report.read,
+                if dry_run {
+                    report.read - report.skipped.len()
+                } else {
+                    report.replayed
+                },
+                if dry_run {
+                    "would be replayed (dry run, nothing sent)"
+                } else {
+                    "replayed"
+                },
+                report.skipped.len()
+            );
             Ok(())
         }
         Command::Kafka { action } => kafka(settings, action).await,

@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod inspect;
 pub mod persister;
 pub mod producer;
+pub mod replay;
 pub mod sales;
 
 use std::time::Duration;

@@ -157,3 +157,61 @@ async fn persister_killed_mid_stream_and_restarted_loses_nothing_and_writes_noth
     assert_eq!(sequences, (1..=total).collect());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn dlt_replay_dry_runs_then_sends_a_fixed_letter_back_once() {
+    let app = spawn_app_with(|s| s.relay.enabled = false).await;
+    let campaign = app.open_campaign(10).await;
+    let producer =
+        EventProducer::new(&app.settings.kafka, app.settings.kafka.issued_topic.clone()).unwrap();
+    producer
+        .publish_issued(&event(campaign, "twice", 1), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.wait_persisted(campaign, 1, Duration::from_secs(60))
+            .await,
+        1
+    );
+    let second = event(campaign, "twice", 2);
+    producer.publish_issued(&second, "").await.unwrap();
+    assert_eq!(app.read_dlt(1).await.len(), 1);
+
+    let replay = |args: &[&str]| {
+        let mut all = vec!["dlt", "replay"];
+        all.extend_from_slice(args);
+        let output = flashcoupon_command(&app.settings, &all).output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let dry = replay(&["--dry-run"]);
+    assert!(
+        dry.contains("1 dead letter(s) read, 1 would be replayed"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!("-> {}", app.settings.kafka.issued_topic)),
+        "{dry}"
+    );
+
+    // The cause is fixed (the stray first row removed by hand); the letter replays.
+    app.db
+        .execute_unprepared(&format!(
+            "DELETE FROM issued_coupon WHERE campaign_id = {campaign} AND user_id = 'twice'"
+        ))
+        .await
+        .unwrap();
+    let done = replay(&[]);
+    assert!(done.contains("1 dead letter(s) read, 1 replayed"), "{done}");
+    assert_eq!(
+        app.wait_persisted(campaign, 1, Duration::from_secs(60))
+            .await,
+        1
+    );
+    let stored = app.db.coupons_of_campaign(campaign).await.unwrap();
+    assert_eq!(stored[0].coupon_code, second.coupon_code);
+    // Progress is kept: a second run finds nothing left.
+    let again = replay(&[]);
+    assert!(again.contains("0 dead letter(s) read"), "{again}");
+    app.stop().await;
+}
