@@ -55,6 +55,12 @@ pub struct RedisSettings {
     pub timeout_ms: u64,
     /// Prefix of every key, so tests and tenants can share one Redis.
     pub key_prefix: String,
+    /// Durability mode: a coupon is acknowledged only once this many replicas have
+    /// it (`WAIT`); otherwise the claim answers 503 and a retry returns the coupon.
+    /// 0 (default) acknowledges on the primary's write alone.
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take; keep it well under `timeout_ms`.
+    pub wait_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +203,8 @@ url = "redis://127.0.0.1:6379/0"
 pool_size = 64
 timeout_ms = 1000
 key_prefix = "fc:"
+wait_replicas = 0
+wait_timeout_ms = 200
 
 [database]
 url = "mysql://flashcoupon:flashcoupon@127.0.0.1:3306/flashcoupon"

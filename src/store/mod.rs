@@ -71,6 +71,9 @@ pub struct RedisStore {
     pool: Pool,
     prefix: String,
     timeout: Duration,
+    /// Durability mode: replicas that must have a coupon before it is acknowledged.
+    wait_replicas: u32,
+    wait_timeout: Duration,
     issue_script: Script,
     arm_script: Script,
     catch_up_script: Script,
@@ -94,6 +97,8 @@ impl RedisStore {
             pool,
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout(),
+            wait_replicas: settings.wait_replicas,
+            wait_timeout: Duration::from_millis(settings.wait_timeout_ms),
             issue_script: Script::new(include_str!("lua/issue.lua")),
             arm_script: Script::new(include_str!("lua/arm.lua")),
             catch_up_script: Script::new(include_str!("lua/catch_up.lua")),
@@ -165,11 +170,35 @@ impl RedisStore {
             .arg(coupon_code)
             .arg(event_id)
             .arg(traceparent);
-        let reply: Vec<String> = self
+        let (replicas, wait_ms) = (self.wait_replicas, self.wait_timeout.as_millis() as u64);
+        let (reply, acked): (Vec<String>, Option<u32>) = self
             .run("issue", |mut c| async move {
-                invocation.invoke_async(&mut c).await
+                let reply: Vec<String> = invocation.invoke_async(&mut c).await?;
+                // Durability mode: WAIT on the same connection, so it covers this write
+                // (for a coupon already held, it checks the replicas are there at all).
+                let hands_out = matches!(
+                    reply.first().map(String::as_str),
+                    Some("issued") | Some("already")
+                );
+                let acked = if replicas > 0 && hands_out {
+                    Some(
+                        redis::cmd("WAIT")
+                            .arg(replicas)
+                            .arg(wait_ms)
+                            .query_async::<u32>(&mut c)
+                            .await?,
+                    )
+                } else {
+                    None
+                };
+                Ok((reply, acked))
             })
             .await?;
+        if let Some(acked) = acked.filter(|acked| *acked < replicas) {
+            return Err(StoreError::Unavailable(format!(
+                "coupon written on the primary but only {acked} of {replicas} replica(s) confirmed it within {wait_ms} ms; retry to get it"
+            )));
+        }
         let coupon = |raw: &str| parse_holder(campaign, user.as_str(), raw);
         let outcome = match reply.first().map(String::as_str) {
             Some("issued") => reply

@@ -108,3 +108,44 @@ async fn broker_down_keeps_claims_answering_and_every_coupon_reaches_mysql_once(
     assert_eq!(app.admin_get(campaign).await["pending_events"], 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn wait_mode_acknowledges_only_coupons_a_replica_has() {
+    let primary = PrivateRedis::start().await;
+    let mut replica = PrivateRedis::replica_of(&primary).await;
+    let url = primary.url();
+    let app = spawn_app_with(|s| {
+        s.redis.url = url.clone().into();
+        s.redis.wait_replicas = 1;
+        s.redis.wait_timeout_ms = 300;
+    })
+    .await;
+    let campaign = app.open_campaign(5).await;
+    // The replica needs a moment to sync before it can acknowledge.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let response = app.claim(campaign, "durable").await;
+        if response.status() == 201 {
+            break response.json::<Value>().await.unwrap();
+        }
+        if response.status() == 409 {
+            break assert_problem(response, 409, "already-issued").await["coupon"].clone();
+        }
+        assert!(Instant::now() < deadline, "replica never acknowledged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(first["coupon_code"].is_string());
+
+    // Without the replica the write is not acknowledged: 503, and the retry (once a
+    // replica is back, or the mode is off) finds the coupon already issued.
+    replica.stop();
+    let response = app.claim(campaign, "undurable").await;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, 503, "unavailable").await;
+    assert_problem(app.claim(campaign, "undurable").await, 503, "unavailable").await;
+    // The primary has the coupon, unacknowledged, and hands it out to no one (not
+    // even its holder) while no replica confirms; the stock counts it, and once a
+    // replica is back the retry returns that same coupon.
+    assert_eq!(app.admin_get(campaign).await["issued"], 2);
+    app.stop().await;
+}

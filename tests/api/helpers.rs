@@ -369,6 +369,19 @@ impl PrivateRedis {
         Self { port, process }
     }
 
+    /// A replica of `primary`, on a port of its own.
+    pub async fn replica_of(primary: &PrivateRedis) -> Self {
+        let port = free_port();
+        let process = Process::spawn(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--replicaof", "127.0.0.1", &primary.port.to_string()]),
+        );
+        wait_for_port(port, Duration::from_secs(10)).await;
+        Self { port, process }
+    }
+
     async fn launch(port: u16) -> Process {
         let process = Process::spawn(
             Command::new("redis-server")
