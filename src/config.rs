@@ -20,6 +20,38 @@ pub struct Settings {
     pub log: LogSettings,
     pub tracing: TracingSettings,
     pub reconcile: ReconcileSettings,
+    pub limits: LimitSettings,
+    pub auth: AuthSettings,
+}
+
+/// Rate limits of the shopper API (token buckets per shopper and per client address).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    /// Off for load tests (`FLASHCOUPON__LIMITS__ENABLED=false`).
+    pub enabled: bool,
+    /// Sustained requests per second of one shopper, and the burst allowed.
+    pub per_shopper_per_sec: u32,
+    pub shopper_burst: u32,
+    /// Sustained requests per second of one client address, and the burst allowed.
+    pub per_address_per_sec: u32,
+    pub address_burst: u32,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+}
+
+/// How the shopper is identified: the gateway's `X-User-Id` header, or, when a key
+/// is configured, a verified JWT whose `sub` is the shopper.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// HS256 shared secret; empty: not used.
+    pub jwt_secret: SecretString,
+    /// PEM file of an RS256 or ES256 public key; empty: not used.
+    pub jwt_public_key_file: String,
+    /// Required `iss` and `aud` when not empty.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub jwt_leeway_secs: u64,
 }
 
 /// The scheduled comparison of Redis, outbox and MySQL (see `reconcile`).
@@ -268,6 +300,21 @@ timeout_ms = 2000
 filter = "info"
 format = "json"
 
+[limits]
+enabled = true
+per_shopper_per_sec = 5
+shopper_burst = 10
+per_address_per_sec = 500
+address_burst = 1000
+trust_forwarded_for = false
+
+[auth]
+jwt_secret = ""
+jwt_public_key_file = ""
+jwt_issuer = ""
+jwt_audience = ""
+jwt_leeway_secs = 30
+
 [reconcile]
 interval_secs = 60
 grace_secs = 120
@@ -347,5 +394,8 @@ mod tests {
         let printed = format!("{s:?}");
         assert!(!printed.contains("change-me-local-admin-token"));
         assert!(!printed.contains("flashcoupon:flashcoupon@"));
+        let mut auth = s.auth.clone();
+        auth.jwt_secret = SecretString::from("jwt-very-secret".to_owned());
+        assert!(!format!("{auth:?}").contains("jwt-very-secret"));
     }
 }

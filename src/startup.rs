@@ -158,6 +158,10 @@ impl Application {
             ));
         }
 
+        let limits = crate::http::limits::RateLimits::new(&settings.limits)?;
+        tasks.push(tokio::spawn(
+            limits.clone().run_housekeeping(shutdown.clone()),
+        ));
         let state = AppState {
             top_products,
             refresher,
@@ -169,6 +173,8 @@ impl Application {
                 settings.kafka.issued_topic.clone(),
             )?),
             kafka_timeout: Duration::from_millis(settings.kafka.request_timeout_ms),
+            limits: limits.clone(),
+            identity: crate::http::identity::ShopperIdentity::new(&settings.auth)?,
         };
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();

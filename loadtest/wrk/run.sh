@@ -5,7 +5,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/debug/flashcoupon}
-export FLASHCOUPON__SERVER__PORT=8088 FLASHCOUPON__LOG__FILTER=warn FLASHCOUPON__REDIS__KEY_PREFIX=bench: FLASHCOUPON__KAFKA__ISSUED_TOPIC=coupon.issued.v1.bench FLASHCOUPON__KAFKA__PERSISTER_GROUP=bench-$RANDOM
+export FLASHCOUPON__SERVER__PORT=8088 FLASHCOUPON__LIMITS__ENABLED=false FLASHCOUPON__LOG__FILTER=warn FLASHCOUPON__REDIS__KEY_PREFIX=bench: FLASHCOUPON__KAFKA__ISSUED_TOPIC=coupon.issued.v1.bench FLASHCOUPON__KAFKA__PERSISTER_GROUP=bench-$RANDOM
 $BIN migrate >/dev/null
 $BIN seed-demo
 $BIN serve > /tmp/bench-serve.log 2>&1 &

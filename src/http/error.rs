@@ -21,6 +21,15 @@ pub enum ApiError {
     /// 401 `unauthorized`: missing or wrong admin token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// 401 `unauthorized` for a shopper in JWT mode: token missing or invalid.
+    #[error("{0}")]
+    ShopperUnauthorized(String),
+    /// 429 `rate-limited` with Retry-After: too many requests of one shopper or address.
+    #[error("too many requests from this {scope}; retry after {retry_after} s")]
+    RateLimited {
+        scope: &'static str,
+        retry_after: u64,
+    },
     /// 404 `campaign-not-found`.
     #[error("campaign {0} not found")]
     CampaignNotFound(i64),
@@ -64,7 +73,10 @@ impl ApiError {
     fn kind_and_title(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::Invalid(_) | ApiError::BadBody(_) => ("invalid-request", "Invalid request"),
-            ApiError::Unauthorized => ("unauthorized", "Unauthorized"),
+            ApiError::Unauthorized | ApiError::ShopperUnauthorized(_) => {
+                ("unauthorized", "Unauthorized")
+            }
+            ApiError::RateLimited { .. } => ("rate-limited", "Too many requests"),
             ApiError::CampaignNotFound(_) => ("campaign-not-found", "Campaign not found"),
             ApiError::NoRoute => ("not-found", "Not found"),
             ApiError::AlreadyIssued(_) => ("already-issued", "Coupon already issued"),
@@ -95,7 +107,8 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::ShopperUnauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::CampaignNotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::AlreadyIssued(_) | ApiError::NotOpen(_) => StatusCode::CONFLICT,
             ApiError::SoldOut => StatusCode::GONE,
@@ -119,8 +132,11 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Invalid(invalid) => problem.field = Some(invalid.field),
             ApiError::AlreadyIssued(coupon) => problem.coupon = Some(coupon.clone()),
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::ShopperUnauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             ApiError::Unavailable { cause, retry_after } => {
                 tracing::warn!(%cause, "answering 503");

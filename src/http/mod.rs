@@ -5,6 +5,8 @@
 mod admin;
 pub mod error;
 mod health;
+pub mod identity;
+pub mod limits;
 mod openapi;
 mod products;
 pub mod request_span;
@@ -19,7 +21,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
-use crate::domain::{parse_campaign_id, CampaignId, Invalid, UserId};
+use crate::domain::{parse_campaign_id, CampaignId, UserId};
 use crate::events::EventProducer;
 use crate::issuance::IssuanceService;
 use crate::telemetry::metrics;
@@ -36,9 +38,23 @@ pub struct AppState {
     /// Used by readiness to ask the brokers for metadata (None: Kafka not used).
     pub kafka_probe: Option<EventProducer>,
     pub kafka_timeout: std::time::Duration,
+    pub limits: limits::RateLimits,
+    pub identity: identity::ShopperIdentity,
 }
 
 impl AppState {
+    /// The calling shopper (header or JWT), after the rate limits let the call in.
+    pub(crate) fn shopper(&self, req: &HttpRequest) -> Result<UserId, ApiError> {
+        let user = self.identity.shopper(req)?;
+        self.limits.check(req, Some(&user))?;
+        Ok(user)
+    }
+
+    /// Rate limit of an anonymous shopper call (per client address).
+    pub(crate) fn anonymous(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        self.limits.check(req, None)
+    }
+
     fn service_error(&self, err: crate::issuance::ServiceError) -> ApiError {
         ApiError::from_service(err, self.retry_after_secs)
     }
@@ -111,17 +127,6 @@ pub async fn record_request(
         started.elapsed(),
     );
     Ok(response)
-}
-
-/// The shopper named by the trusted gateway's `X-User-Id` header.
-pub(crate) fn shopper(req: &HttpRequest) -> Result<UserId, ApiError> {
-    let raw = req
-        .headers()
-        .get("x-user-id")
-        .ok_or_else(|| ApiError::Invalid(Invalid::new("X-User-Id", "header is required")))?
-        .to_str()
-        .map_err(|_| ApiError::Invalid(Invalid::new("X-User-Id", "must be visible ASCII")))?;
-    UserId::parse(raw).map_err(ApiError::Invalid)
 }
 
 /// Checks `Authorization: Bearer <admin token>` in constant time.

@@ -31,13 +31,16 @@ pub struct TopProducts {
     responses(
         (status = 200, body = TopProducts, headers(("X-Data-Source" = String, description = "l1, redis, mysql or stale"))),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate limited, retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn top(
+    req: HttpRequest,
     query: web::Query<TopQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.anonymous(&req)?;
     let (limit, days) = parse_top_query(query.limit.as_deref(), query.days.as_deref())
         .map_err(ApiError::Invalid)?;
     let (snapshot, source) = state

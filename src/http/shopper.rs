@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{campaign_id, shopper, ApiError, AppState};
+use super::{campaign_id, ApiError, AppState};
 use crate::domain::{CampaignStatus, Coupon, IssueOutcome};
 
 /// Public view of a campaign.
@@ -43,7 +43,9 @@ pub struct MyCoupons {
     responses(
         (status = 201, description = "coupon issued", body = Coupon),
         (status = 400, description = "invalid request", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "JWT mode: bearer token missing or invalid", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "campaign not found", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate limited, retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "already issued (with the coupon) or campaign not open", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 410, description = "sold out", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "unavailable, retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
@@ -55,7 +57,7 @@ pub async fn issue(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = campaign_id(&path)?;
-    let user = shopper(&req)?;
+    let user = state.shopper(&req)?;
     let outcome = state
         .issuance
         .claim(id, &user)
@@ -81,14 +83,17 @@ pub async fn issue(
         (status = 200, body = PublicCampaign),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate limited, retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn campaign(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = campaign_id(&path)?;
+    state.anonymous(&req)?;
     let view = state
         .issuance
         .public_view(id)
@@ -112,6 +117,8 @@ pub async fn campaign(
     responses(
         (status = 200, body = MyCoupons),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "JWT mode: bearer token missing or invalid", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate limited, retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -119,7 +126,7 @@ pub async fn my_coupons(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = shopper(&req)?;
+    let user = state.shopper(&req)?;
     let held = state
         .issuance
         .coupons_of(&user)

@@ -51,6 +51,7 @@ async fn admin_calls_without_or_with_a_wrong_token_answer_401() {
         ("GET", format!("/admin/v1/campaigns/{id}")),
         ("POST", format!("/admin/v1/campaigns/{id}/pause")),
         ("POST", format!("/admin/v1/campaigns/{id}/resume")),
+        ("POST", "/admin/v1/catalog/refresh".to_owned()),
     ];
     for (method, path) in &paths {
         for token in [None, Some("wrong"), Some("")] {

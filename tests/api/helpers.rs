@@ -34,6 +34,8 @@ pub fn isolated_settings() -> Settings {
     s.catalog.orders_topic = format!("order.paid.v1.t{id}");
     s.catalog.orders_group = format!("sales-{id}");
     s.admin.token = SecretString::from(ADMIN_TOKEN.to_owned());
+    // Tests fire many requests from one address; the limits have tests of their own.
+    s.limits.enabled = false;
     if std::env::var("TEST_LOG").is_ok() {
         s.log.filter = "info,flashcoupon=debug".into();
         s.log.format = "pretty".into();
@@ -481,6 +483,10 @@ pub fn flashcoupon_command(settings: &Settings, args: &[&str]) -> Command {
             &settings.kafka.persister_group,
         )
         .env("FLASHCOUPON__ADMIN__TOKEN", ADMIN_TOKEN)
+        .env(
+            "FLASHCOUPON__LIMITS__ENABLED",
+            settings.limits.enabled.to_string(),
+        )
         .env("FLASHCOUPON__LOG__FILTER", "warn");
     cmd
 }

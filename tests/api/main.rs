@@ -13,4 +13,5 @@ mod persister;
 mod products;
 mod reconcile;
 mod runbooks;
+mod security;
 mod traces;
