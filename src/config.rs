@@ -118,6 +118,8 @@ pub struct KafkaSettings {
     pub message_timeout_ms: u32,
     /// Timeout of metadata and admin calls (readiness, topic creation).
     pub request_timeout_ms: u64,
+    /// Waits before each retry of a rejected message (`<topic>.retry`); then the DLT.
+    pub retry_delays_ms: Vec<u64>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -254,6 +256,7 @@ create_topics = true
 session_timeout_ms = 6000
 message_timeout_ms = 10000
 request_timeout_ms = 5000
+retry_delays_ms = [1000, 2000, 10000]
 
 [admin]
 token = "change-me-local-admin-token"
@@ -361,6 +364,13 @@ impl RedisSettings {
 }
 
 impl KafkaSettings {
+    pub fn retry_delays(&self) -> Vec<Duration> {
+        self.retry_delays_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect()
+    }
+
     pub fn dlt_topic(&self) -> String {
         if self.dlt_topic.is_empty() {
             format!("{}.dlt", self.issued_topic)

@@ -61,12 +61,17 @@ impl Application {
         if settings.relay.enabled || settings.persister.enabled {
             topics.extend([
                 settings.kafka.issued_topic.clone(),
+                format!("{}.retry", settings.kafka.issued_topic),
                 settings.kafka.dlt_topic(),
             ]);
         }
         if settings.catalog.sales_enabled {
             let orders = &settings.catalog.orders_topic;
-            topics.extend([orders.clone(), format!("{orders}.dlt")]);
+            topics.extend([
+                orders.clone(),
+                format!("{orders}.retry"),
+                format!("{orders}.dlt"),
+            ]);
         }
         create_topics(&settings, &topics).await;
         if settings.relay.enabled {
@@ -272,6 +277,7 @@ pub async fn run_consumer(settings: Settings) -> anyhow::Result<()> {
         &settings,
         &[
             settings.kafka.issued_topic.clone(),
+            format!("{}.retry", settings.kafka.issued_topic),
             settings.kafka.dlt_topic(),
         ],
     )

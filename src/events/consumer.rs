@@ -4,8 +4,12 @@
 //!   MySQL transaction committed and its rejects reached the dead-letter topic;
 //! - a whole-dependency failure (MySQL down) pauses the batch with jittered
 //!   backoff instead of sending every message to the DLT;
-//! - a message the handler rejects goes to the DLT with the error in a header,
-//!   and the consumer keeps going.
+//! - a message the handler rejects for a reason of its own (not the whole
+//!   dependency) goes to `<topic>.retry` with a due time: a second consumer of
+//!   that topic tries it again after 1 s, 2 s, 10 s (`kafka.retry_delays_ms`, as
+//!   minimums); then, or at once for a permanent reject (malformed, conflicting),
+//!   it goes to the DLT with the error and the attempts in headers, and the
+//!   consumer keeps going.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,15 +27,44 @@ use crate::events::producer::{EventProducer, MessageHeader};
 use crate::persistence::DbError;
 use crate::telemetry::metrics;
 
+/// A message a handler did not write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// Index in the payloads handed to the handler.
+    pub index: usize,
+    pub reason: String,
+    /// Retrying cannot help (malformed, conflicting): straight to the DLT.
+    pub permanent: bool,
+}
+
+impl Reject {
+    pub fn permanent(index: usize, reason: impl Into<String>) -> Self {
+        Self {
+            index,
+            reason: reason.into(),
+            permanent: true,
+        }
+    }
+
+    pub fn retryable(index: usize, reason: impl Into<String>) -> Self {
+        Self {
+            index,
+            reason: reason.into(),
+            permanent: false,
+        }
+    }
+}
+
 /// Writes one batch of payloads to MySQL.
 pub trait BatchHandler: Send + Sync {
-    /// Writes what it can in one transaction. Returns the messages it rejects for
-    /// good, as (index in `payloads`, reason). `Err` means nothing was written: a
-    /// transient error is retried, any other error splits the batch.
+    /// Writes what it can in one transaction and returns the messages it did not
+    /// write. `Err` means nothing was written: a transient error is retried, any
+    /// other error splits the batch and each message that still fails is a
+    /// retryable reject.
     fn handle(
         &self,
         payloads: &[&[u8]],
-    ) -> impl Future<Output = Result<Vec<(usize, String)>, DbError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Reject>, DbError>> + Send;
 }
 
 /// What a consumer reads and where its rejects go.
@@ -42,11 +75,40 @@ pub struct ConsumerSpec {
     pub dlt_topic: String,
     pub batch_size: usize,
     pub batch_wait: Duration,
+    /// Waits before each retry; empty: rejects go straight to the DLT.
+    pub retry_delays: Vec<Duration>,
 }
 
-fn build_consumer(kafka: &KafkaSettings, spec: &ConsumerSpec) -> anyhow::Result<StreamConsumer> {
+impl ConsumerSpec {
+    /// Where retryable rejects wait for their next attempt.
+    pub fn retry_topic(&self) -> String {
+        format!("{}.retry", self.topic)
+    }
+}
+
+/// Which topic a consumer loop reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The topic itself.
+    Main,
+    /// `<topic>.retry`, each message held until its `x-retry-at`.
+    Retry,
+}
+
+/// Where rejected messages go.
+struct Sinks {
+    dlt: EventProducer,
+    retry: Option<EventProducer>,
+    delays: Vec<Duration>,
+}
+
+fn build_consumer(
+    kafka: &KafkaSettings,
+    topic: &str,
+    group: &str,
+) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = super::base_config(kafka)
-        .set("group.id", &spec.group)
+        .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -58,28 +120,62 @@ fn build_consumer(kafka: &KafkaSettings, spec: &ConsumerSpec) -> anyhow::Result<
         )
         .set("max.poll.interval.ms", "300000")
         .create()?;
-    consumer.subscribe(&[spec.topic.as_str()])?;
+    consumer.subscribe(&[topic])?;
     Ok(consumer)
 }
 
-/// Runs until `shutdown` fires; then finishes the batch in hand and commits.
+/// Runs until `shutdown` fires; then finishes the batch in hand and commits. With
+/// retry delays, a second loop consumes `<topic>.retry` alongside.
 pub async fn run_consumer<H: BatchHandler>(
     kafka: KafkaSettings,
     spec: ConsumerSpec,
     handler: H,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer = Arc::new(build_consumer(&kafka, &spec)?);
-    let dlt = EventProducer::new(&kafka, spec.dlt_topic.clone())?;
+    let sinks = Sinks {
+        dlt: EventProducer::new(&kafka, spec.dlt_topic.clone())?,
+        retry: if spec.retry_delays.is_empty() {
+            None
+        } else {
+            Some(EventProducer::new(&kafka, spec.retry_topic())?)
+        },
+        delays: spec.retry_delays.clone(),
+    };
     metrics::get().declare_dlt(&spec.dlt_topic);
+    let main = consume(&kafka, &spec, Stage::Main, &handler, &sinks, &shutdown);
+    if sinks.retry.is_none() {
+        return main.await;
+    }
+    let retries = consume(&kafka, &spec, Stage::Retry, &handler, &sinks, &shutdown);
+    let (main, retries) = tokio::join!(main, retries);
+    main.and(retries)
+}
+
+/// One consumer loop over the main or the retry topic.
+async fn consume<H: BatchHandler>(
+    kafka: &KafkaSettings,
+    spec: &ConsumerSpec,
+    stage: Stage,
+    handler: &H,
+    sinks: &Sinks,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (topic, group) = match stage {
+        Stage::Main => (spec.topic.clone(), spec.group.clone()),
+        Stage::Retry => (spec.retry_topic(), format!("{}.retry", spec.group)),
+    };
+    let consumer = Arc::new(build_consumer(kafka, &topic, &group)?);
     let lag_sampler = tokio::spawn(sample_lag(
         consumer.clone(),
         kafka.clone(),
-        spec.group.clone(),
+        group.clone(),
         shutdown.clone(),
     ));
-    let name = spec.name;
-    tracing::info!(consumer = name, topic = %spec.topic, group = %spec.group, "consumer started");
+    let name = match stage {
+        Stage::Main => spec.name,
+        Stage::Retry => "retry",
+    };
+    tracing::info!(consumer = spec.name, %topic, %group, "consumer started");
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -106,14 +202,17 @@ pub async fn run_consumer<H: BatchHandler>(
             }
         }
         tracing::debug!(consumer = name, messages = batch.len(), "batch received");
-        if !process_batch(name, &consumer, &dlt, &handler, &batch, &shutdown).await {
+        if stage == Stage::Retry && !wait_until_due(&batch, shutdown).await {
+            break;
+        }
+        if !process_batch(spec.name, &consumer, sinks, handler, &batch, shutdown).await {
             // Shutdown during a retry: the batch stays unstored and is redelivered.
             break;
         }
     }
     let _ = lag_sampler.await;
     close_consumer(
-        name,
+        spec.name,
         consumer,
         Duration::from_millis(u64::from(kafka.session_timeout_ms) * 2),
     )
@@ -146,7 +245,7 @@ async fn close_consumer(name: &'static str, consumer: Arc<StreamConsumer>, bound
 async fn process_batch<H: BatchHandler>(
     name: &'static str,
     consumer: &StreamConsumer,
-    dlt: &EventProducer,
+    sinks: &Sinks,
     handler: &H,
     batch: &[BorrowedMessage<'_>],
     shutdown: &CancellationToken,
@@ -170,17 +269,17 @@ async fn process_batch<H: BatchHandler>(
                 match write_retrying(name, handler, std::slice::from_ref(payload), shutdown).await {
                     None => return false,
                     Some(Ok(single)) => {
-                        rejects.extend(single.into_iter().map(|(_, why)| (index, why)))
+                        rejects.extend(single.into_iter().map(|reject| Reject { index, ..reject }))
                     }
-                    Some(Err(err)) => rejects.push((index, err.to_string())),
+                    Some(Err(err)) => rejects.push(Reject::retryable(index, err.to_string())),
                 }
             }
             rejects
         }
     };
-    for (index, error) in &rejects {
-        if let Some(message) = batch.get(*index) {
-            if !dead_letter(name, dlt, message, error, shutdown).await {
+    for reject in &rejects {
+        if let Some(message) = batch.get(reject.index) {
+            if !route_reject(name, sinks, message, reject, shutdown).await {
                 return false;
             }
         }
@@ -227,7 +326,7 @@ async fn write_retrying<H: BatchHandler>(
     handler: &H,
     payloads: &[&[u8]],
     shutdown: &CancellationToken,
-) -> Option<Result<Vec<(usize, String)>, DbError>> {
+) -> Option<Result<Vec<Reject>, DbError>> {
     let write = || handler.handle(payloads);
     tokio::select! {
         _ = shutdown.cancelled() => None,
@@ -246,49 +345,122 @@ async fn write_retrying<H: BatchHandler>(
     }
 }
 
-/// Sends a copy of the message to the DLT with the error in a header; retries
-/// until the broker takes it (or shutdown), so nothing is dropped.
-async fn dead_letter(
+/// Failed attempts a message has behind it (`x-attempts`, 0 for a fresh one).
+fn failed_attempts(message: &BorrowedMessage<'_>) -> usize {
+    header(message, "x-attempts")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The retry topic while attempts remain and the reject is not permanent, else the
+/// DLT; headers carry the error, the attempts, the origin and the trace.
+async fn route_reject(
     name: &'static str,
-    dlt: &EventProducer,
+    sinks: &Sinks,
     message: &BorrowedMessage<'_>,
-    error: &str,
+    reject: &Reject,
     shutdown: &CancellationToken,
 ) -> bool {
+    let failures = failed_attempts(message) + 1;
+    let origin = |key: &str, fallback: String| header(message, key).unwrap_or(fallback);
     let mut headers: Vec<MessageHeader> = vec![
-        ("x-error", error.to_owned()),
-        ("x-original-topic", message.topic().to_owned()),
-        ("x-original-partition", message.partition().to_string()),
-        ("x-original-offset", message.offset().to_string()),
-        ("x-attempts", "1".to_owned()),
+        ("x-error", reject.reason.clone()),
+        (
+            "x-original-topic",
+            origin("x-original-topic", message.topic().to_owned()),
+        ),
+        (
+            "x-original-partition",
+            origin("x-original-partition", message.partition().to_string()),
+        ),
+        (
+            "x-original-offset",
+            origin("x-original-offset", message.offset().to_string()),
+        ),
+        ("x-attempts", failures.to_string()),
     ];
     if let Some(traceparent) = header(message, "traceparent") {
         headers.push(("traceparent", traceparent));
     }
+    let retry = match (&sinks.retry, reject.permanent) {
+        (Some(retry), false) => sinks.delays.get(failures - 1).map(|delay| (retry, *delay)),
+        _ => None,
+    };
+    let target = match retry {
+        Some((retry, delay)) => {
+            let due = chrono::Utc::now() + delay;
+            headers.push(("x-retry-at", due.timestamp_millis().to_string()));
+            retry
+        }
+        None => &sinks.dlt,
+    };
+    if !forward(name, target, message, &headers, shutdown).await {
+        return false;
+    }
+    if retry.is_some() {
+        tracing::warn!(
+            consumer = name,
+            error = %reject.reason,
+            attempt = failures,
+            partition = message.partition(),
+            offset = message.offset(),
+            retry_topic = target.topic(),
+            "message will be retried"
+        );
+    } else {
+        tracing::warn!(
+            consumer = name,
+            error = %reject.reason,
+            attempts = failures,
+            partition = message.partition(),
+            offset = message.offset(),
+            dlt = target.topic(),
+            "message sent to the dead-letter topic"
+        );
+        metrics::get().record_dlt(target.topic());
+    }
+    true
+}
+
+/// Publishes a copy of the message; retries until the broker takes it (or
+/// shutdown), so nothing is dropped.
+async fn forward(
+    name: &'static str,
+    target: &EventProducer,
+    message: &BorrowedMessage<'_>,
+    headers: &[MessageHeader],
+    shutdown: &CancellationToken,
+) -> bool {
     let key = message.key().unwrap_or_default();
     let payload = message.payload().unwrap_or_default();
     loop {
-        match dlt.publish_raw(key, payload, &headers).await {
-            Ok(()) => {
-                tracing::warn!(
-                    consumer = name,
-                    error,
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    dlt = dlt.topic(),
-                    "message sent to the dead-letter topic"
-                );
-                metrics::get().record_dlt(dlt.topic());
-                return true;
-            }
+        match target.publish_raw(key, payload, headers).await {
+            Ok(()) => return true,
             Err(err) => {
-                tracing::warn!(consumer = name, error = %err, "dead-letter delivery failed, retrying");
+                tracing::warn!(consumer = name, topic = target.topic(), error = %err, "forwarding a rejected message failed, retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return false,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         }
+    }
+}
+
+/// Holds a batch of the retry topic until its latest `x-retry-at`. False on shutdown.
+async fn wait_until_due(batch: &[BorrowedMessage<'_>], shutdown: &CancellationToken) -> bool {
+    let due_ms = batch
+        .iter()
+        .filter_map(|m| header(m, "x-retry-at")?.parse::<i64>().ok())
+        .max()
+        .unwrap_or(0);
+    let wait_ms = due_ms - chrono::Utc::now().timestamp_millis();
+    if wait_ms <= 0 {
+        return true;
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => true,
     }
 }
 

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CatalogSettings, KafkaSettings};
 use crate::domain::OrderPaidEvent;
-use crate::events::consumer::{run_consumer, BatchHandler, ConsumerSpec};
+use crate::events::consumer::{run_consumer, BatchHandler, ConsumerSpec, Reject};
 use crate::persistence::{Database, DbError};
 
 struct SalesWriter {
@@ -15,13 +15,13 @@ struct SalesWriter {
 }
 
 impl BatchHandler for SalesWriter {
-    async fn handle(&self, payloads: &[&[u8]]) -> Result<Vec<(usize, String)>, DbError> {
+    async fn handle(&self, payloads: &[&[u8]]) -> Result<Vec<Reject>, DbError> {
         let mut rejects = Vec::new();
         let mut events = Vec::with_capacity(payloads.len());
         for (index, payload) in payloads.iter().enumerate() {
             match OrderPaidEvent::from_json(payload) {
                 Ok(event) => events.push(event),
-                Err(error) => rejects.push((index, error)),
+                Err(error) => rejects.push(Reject::permanent(index, error)),
             }
         }
         self.db.apply_orders(&events).await?;
@@ -43,6 +43,7 @@ pub async fn run_sales_ingestion(
         group: catalog.orders_group,
         batch_size: 500,
         batch_wait: Duration::from_millis(50),
+        retry_delays: kafka.retry_delays(),
     };
     run_consumer(kafka, spec, SalesWriter { db }, shutdown).await
 }

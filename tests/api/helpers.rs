@@ -183,14 +183,18 @@ impl TestApp {
 
     /// Up to `count` messages of the coupon dead-letter topic (waits up to 30 s).
     pub async fn read_dlt(&self, count: usize) -> Vec<flashcoupon::events::inspect::ReadMessage> {
+        self.read_dlt_within(count, Duration::from_secs(30)).await
+    }
+
+    /// Up to `count` dead letters, waiting at most `wait` for them.
+    pub async fn read_dlt_within(
+        &self,
+        count: usize,
+        wait: Duration,
+    ) -> Vec<flashcoupon::events::inspect::ReadMessage> {
         let kafka = self.settings.kafka.clone();
         tokio::task::spawn_blocking(move || {
-            flashcoupon::events::inspect::read(
-                &kafka,
-                &kafka.dlt_topic(),
-                count,
-                Duration::from_secs(30),
-            )
+            flashcoupon::events::inspect::read(&kafka, &kafka.dlt_topic(), count, wait)
         })
         .await
         .expect("reader thread")

@@ -215,3 +215,81 @@ async fn dlt_replay_dry_runs_then_sends_a_fixed_letter_back_once() {
     assert!(again.contains("0 dead letter(s) read"), "{again}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_mysql_refuses_is_retried_after_1s_2s_10s_and_lands_once_the_cause_is_fixed() {
+    let app = spawn_app_with(|s| s.relay.enabled = false).await;
+    assert_eq!(app.settings.kafka.retry_delays_ms, [1000, 2000, 10000]);
+    // An event of a campaign whose row is not in MySQL yet: the foreign key refuses it.
+    let campaign = 900_000_000 + i64::from(rand::random::<u16>());
+    let producer =
+        EventProducer::new(&app.settings.kafka, app.settings.kafka.issued_topic.clone()).unwrap();
+    let published = Instant::now();
+    producer
+        .publish_issued(&event(campaign, "early", 1), "")
+        .await
+        .unwrap();
+    // After the first retry (1 s) has failed too, the campaign row arrives.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO campaign (id, name, total_quantity, starts_at, ends_at, discount_kind, \
+             discount_value, coupon_valid_days, paused, created_at, updated_at) VALUES \
+             ({campaign}, 'late row', 10, NOW(3), NOW(3) + INTERVAL 1 HOUR, 'percent', 10, 7, 0, NOW(3), NOW(3))"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        app.wait_persisted(campaign, 1, Duration::from_secs(30))
+            .await,
+        1
+    );
+    let took = published.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "landed after {took:?}, before the 2 s retry"
+    );
+    assert!(app
+        .read_dlt_within(1, Duration::from_secs(2))
+        .await
+        .is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_that_keeps_failing_reaches_the_dlt_after_its_retries_with_the_attempts() {
+    let app = spawn_app_with(|s| {
+        s.relay.enabled = false;
+        s.kafka.retry_delays_ms = vec![200, 200, 200];
+    })
+    .await;
+    let campaign = 800_000_000 + i64::from(rand::random::<u16>());
+    let producer =
+        EventProducer::new(&app.settings.kafka, app.settings.kafka.issued_topic.clone()).unwrap();
+    producer
+        .publish_issued(
+            &event(campaign, "orphan", 1),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .await
+        .unwrap();
+    let dead = app.read_dlt(1).await;
+    assert_eq!(dead.len(), 1);
+    let header = |key: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {key} in {:?}", dead[0].headers))
+    };
+    assert_eq!(header("x-attempts"), "4", "1 try and 3 retries");
+    assert_eq!(header("x-original-topic"), app.settings.kafka.issued_topic);
+    assert!(
+        header("x-error").to_lowercase().contains("foreign key"),
+        "{}",
+        header("x-error")
+    );
+    assert!(header("traceparent").contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+    app.stop().await;
+}
