@@ -1,7 +1,7 @@
 # flashcoupon: the two commands a newcomer needs.
 #   make run    local stack up, migrate, demo campaign, serve on 127.0.0.1:8080
 #   make test   local stack up, then every check and test
-.PHONY: run test stack lint nextest tools observability clean-test-data help
+.PHONY: run test stack lint nextest tools observability fuzz clean-test-data help
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -10,6 +10,7 @@ export CARGO_TERM_COLOR ?= never
 help:
 	@echo "make run   - start Redis, MariaDB and the Kafka broker, migrate, create a demo campaign, serve :8080"
 	@echo "make test  - start the stack, then fmt, clippy and every test (unit and integration)"
+	@echo "make fuzz  - schemathesis against /openapi.json of a running service (part of make test)"
 
 stack:
 	scripts/stack up
@@ -40,5 +41,11 @@ tools:
 observability: tools
 	scripts/check-observability
 
+# schemathesis (PyPI) generates thousands of requests from /openapi.json: no 5xx, and
+# every answer as the spec says.
+fuzz: stack
+	scripts/fuzz
+
 test: stack nextest tools lint observability clean-test-data
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
+	scripts/fuzz

@@ -14,11 +14,17 @@ use crate::issuance::CampaignView;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaign {
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub total_quantity: i64,
+    /// Between the years 2000 and 9999.
     pub starts_at: DateTime<Utc>,
+    /// After `starts_at` and in the future.
     pub ends_at: DateTime<Utc>,
     pub discount: Discount,
+    #[schema(minimum = 1, maximum = 3650)]
     pub coupon_valid_days: i32,
 }
 
@@ -128,7 +134,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 /// One campaign with live figures.
 #[utoipa::path(
     get, path = "/admin/v1/campaigns/{id}", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "campaign id")),
+    params(("id" = i64, Path, minimum = 1, description = "campaign id")),
     responses(
         (status = 200, body = AdminCampaign),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json"),
@@ -171,7 +177,7 @@ async fn brake(
 /// Pause a campaign: claims answer 409 campaign-not-open until resumed.
 #[utoipa::path(
     post, path = "/admin/v1/campaigns/{id}/pause", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "campaign id")),
+    params(("id" = i64, Path, minimum = 1, description = "campaign id")),
     responses(
         (status = 200, body = AdminCampaign),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json"),
@@ -191,7 +197,7 @@ pub async fn pause(
 /// Resume a paused campaign.
 #[utoipa::path(
     post, path = "/admin/v1/campaigns/{id}/resume", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "campaign id")),
+    params(("id" = i64, Path, minimum = 1, description = "campaign id")),
     responses(
         (status = 200, body = AdminCampaign),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json"),

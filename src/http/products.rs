@@ -25,8 +25,8 @@ pub struct TopProducts {
 #[utoipa::path(
     get, path = "/api/v1/products/top", tag = "shopper",
     params(
-        ("limit" = Option<u32>, Query, description = "1 to 100, default 5"),
-        ("days" = Option<u32>, Query, description = "1 to 30, default 3"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 5"),
+        ("days" = Option<u32>, Query, minimum = 1, maximum = 30, description = "1 to 30, default 3"),
     ),
     responses(
         (status = 200, body = TopProducts, headers(("X-Data-Source" = String, description = "l1, redis, mysql or stale"))),

@@ -38,8 +38,8 @@ pub struct MyCoupons {
 /// Claim a coupon of a campaign for the calling shopper.
 #[utoipa::path(
     post, path = "/api/v1/campaigns/{id}/issues", tag = "shopper",
-    params(("id" = i64, Path, description = "campaign id"),
-           ("X-User-Id" = String, Header, description = "shopper id set by the gateway")),
+    params(("id" = i64, Path, minimum = 1, description = "campaign id"),
+           ("X-User-Id" = String, Header, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_.:@-]{1,64}$", description = "shopper id set by the gateway (ignored in JWT mode)")),
     responses(
         (status = 201, description = "coupon issued", body = Coupon),
         (status = 400, description = "invalid request", body = super::error::Problem, content_type = "application/problem+json"),
@@ -78,7 +78,7 @@ pub async fn issue(
 /// Public view of one campaign.
 #[utoipa::path(
     get, path = "/api/v1/campaigns/{id}", tag = "shopper",
-    params(("id" = i64, Path, description = "campaign id")),
+    params(("id" = i64, Path, minimum = 1, description = "campaign id")),
     responses(
         (status = 200, body = PublicCampaign),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json"),
@@ -113,7 +113,7 @@ pub async fn campaign(
 /// The caller's coupons, including those not yet persisted.
 #[utoipa::path(
     get, path = "/api/v1/me/coupons", tag = "shopper",
-    params(("X-User-Id" = String, Header, description = "shopper id set by the gateway")),
+    params(("X-User-Id" = String, Header, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_.:@-]{1,64}$", description = "shopper id set by the gateway (ignored in JWT mode)")),
     responses(
         (status = 200, body = MyCoupons),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json"),
