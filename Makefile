@@ -32,10 +32,13 @@ clean-test-data:
 nextest:
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
 
-# Checkers of the on-call kit: promtool (Debian `prometheus`) and docker-compose.
+# Checkers of the on-call kit: promtool (Debian `prometheus`) and docker-compose;
+# headless Chromium and chromedriver for the console's browser test.
 tools:
-	@command -v promtool >/dev/null && command -v docker-compose >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus docker-compose >/dev/null; }
+	@command -v promtool >/dev/null && command -v docker-compose >/dev/null && \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      prometheus docker-compose chromium chromium-driver >/dev/null; }
 
 # Alert rules (promtool check + unit tests), dashboards, runbooks, docker-compose.yml.
 observability: tools

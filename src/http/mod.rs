@@ -3,6 +3,7 @@
 //! and the OpenAPI description. Handlers receive services, never pools.
 
 mod admin;
+mod console;
 pub mod error;
 mod health;
 pub mod identity;
@@ -104,6 +105,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         .route("/health/ready", web::get().to(health::ready))
         .route("/metrics", web::get().to(health::metrics))
         .route("/openapi.json", web::get().to(openapi::spec))
+        .configure(console::configure)
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NoRoute)
         }));
