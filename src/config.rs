@@ -81,7 +81,13 @@ pub struct ServerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
+    /// `single`: one Redis at `url`; `sentinel`: the primary named `sentinel_master`,
+    /// found (and found again after a failover) through `sentinel_urls`.
+    pub mode: String,
     pub url: SecretString,
+    /// Comma-separated sentinel addresses, e.g. `redis://10.0.0.1:26379,redis://10.0.0.2:26379`.
+    pub sentinel_urls: String,
+    pub sentinel_master: String,
     pub pool_size: usize,
     /// Upper bound for one Redis call including the wait for a pooled connection.
     pub timeout_ms: u64,
@@ -233,7 +239,10 @@ shutdown_timeout_secs = 10
 retry_after_secs = 1
 
 [redis]
+mode = "single"
 url = "redis://127.0.0.1:6379/0"
+sentinel_urls = ""
+sentinel_master = "mymaster"
 pool_size = 64
 timeout_ms = 1000
 key_prefix = "fc:"

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::AsyncCommands;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::{RedisStore, StoreError};
@@ -130,7 +129,7 @@ pub async fn subscribe_invalidations<F>(
     let mut wait = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let connected = async {
-            let client = redis::Client::open(settings.url.expose_secret())?;
+            let client = super::pool::primary_client(&settings).await?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)

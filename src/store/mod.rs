@@ -10,14 +10,13 @@
 //! connection; whatever goes wrong comes back as [`StoreError::Unavailable`].
 
 pub mod catalog;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use deadpool_redis::{Config as PoolConfigBuilder, Pool, PoolConfig, Runtime, Timeouts};
 use redis::{AsyncCommands, Script, Value};
-use secrecy::ExposeSecret;
 
 use crate::config::RedisSettings;
 use crate::domain::{CampaignId, Coupon, IssueOutcome, NotOpenReason, UserId};
@@ -68,7 +67,7 @@ pub struct OutboxEntry {
 /// Handle on Redis: a bounded pool plus the issuance scripts.
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: Pool,
+    pool: pool::RedisPool,
     prefix: String,
     timeout: Duration,
     /// Durability mode: replicas that must have a coupon before it is acknowledged.
@@ -82,17 +81,7 @@ pub struct RedisStore {
 impl RedisStore {
     /// Builds the pool; connections are opened lazily, so this works with Redis down.
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
-        let mut cfg = PoolConfigBuilder::from_url(settings.url.expose_secret());
-        cfg.pool = Some(PoolConfig {
-            max_size: settings.pool_size,
-            timeouts: Timeouts {
-                wait: Some(settings.timeout()),
-                create: Some(settings.timeout()),
-                recycle: Some(settings.timeout()),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
+        let pool = pool::RedisPool::new(settings)?;
         Ok(Self {
             pool,
             prefix: settings.key_prefix.clone(),
@@ -117,7 +106,7 @@ impl RedisStore {
     /// under `command` in `redis_command_duration_seconds`.
     async fn run<T, F, Fut>(&self, command: &'static str, f: F) -> StoreResult<T>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(pool::PooledConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let started = std::time::Instant::now();
@@ -127,9 +116,14 @@ impl RedisStore {
                 .get()
                 .await
                 .map_err(|e| StoreError::Unavailable(format!("no connection: {e}")))?;
-            f(conn)
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("{command}: {e}")))
+            f(conn).await.map_err(|e| {
+                if pool::primary_lost(&e) {
+                    // The connection is back in the pool by now: drop the idle ones so
+                    // the next call connects afresh (to the new primary, with Sentinel).
+                    self.pool.forget_idle();
+                }
+                StoreError::Unavailable(format!("{command}: {e}"))
+            })
         };
         let result = match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
@@ -595,9 +589,7 @@ impl RedisStore {
 
     /// Pool occupancy for the `redis_pool_connections` gauge.
     pub fn pool_status(&self) -> (usize, usize, usize) {
-        let status = self.pool.status();
-        let in_use = status.size.saturating_sub(status.available);
-        (in_use, status.available, status.max_size)
+        self.pool.status()
     }
 }
 

@@ -149,3 +149,78 @@ async fn wait_mode_acknowledges_only_coupons_a_replica_has() {
     assert_eq!(app.admin_get(campaign).await["issued"], 2);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_moves_issuance_to_the_new_primary_without_a_second_coupon() {
+    use crate::helpers::PrivateSentinel;
+    let mut primary = PrivateRedis::start().await;
+    let replica = PrivateRedis::replica_of(&primary).await;
+    let sentinel = PrivateSentinel::start(&primary).await;
+    let sentinel_url = sentinel.url();
+    let app = spawn_app_with(|s| {
+        s.redis.mode = "sentinel".into();
+        s.redis.sentinel_urls = sentinel_url.clone();
+        s.redis.sentinel_master = "mymaster".into();
+    })
+    .await;
+    let campaign = app.open_campaign(20).await;
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let coupon: Value = app
+            .claim(campaign, &format!("early{i}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        codes.push(coupon["coupon_code"].as_str().unwrap().to_owned());
+    }
+    // Let the replica catch up and the sentinel learn about it before the crash.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    primary.stop();
+    let stopped = Instant::now();
+    let mut answers = HashSet::new();
+    let recovered = loop {
+        let status = app
+            .claim(campaign, "after-failover")
+            .await
+            .status()
+            .as_u16();
+        answers.insert(status);
+        if status == 201 {
+            break stopped.elapsed();
+        }
+        assert!(
+            matches!(status, 503),
+            "during the failover a claim answers 503, got {status}"
+        );
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "no failover within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("sentinel failover: issuing again {recovered:?} after the primary died");
+
+    // The new primary is the old replica, and it kept the coupons already given.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", replica.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(info.contains("role:master"), "{info}");
+    for (i, code) in codes.iter().enumerate() {
+        let again = assert_problem(
+            app.claim(campaign, &format!("early{i}")).await,
+            409,
+            "already-issued",
+        )
+        .await;
+        assert_eq!(again["coupon"]["coupon_code"], code.as_str());
+    }
+    assert_eq!(app.admin_get(campaign).await["issued"], 6);
+    drop(sentinel);
+    app.stop().await;
+}

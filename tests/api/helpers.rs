@@ -412,6 +412,52 @@ impl PrivateRedis {
     }
 }
 
+/// A Redis Sentinel of this test alone (`redis-server --sentinel`), watching
+/// `primary` as `mymaster`, quick to fail over (down after 1 s).
+pub struct PrivateSentinel {
+    pub port: u16,
+    _process: Process,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateSentinel {
+    pub async fn start(primary: &PrivateRedis) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("sentinel-{port}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n",
+                dir.display(),
+                primary.port
+            ),
+        )
+        .unwrap();
+        let process = Process::spawn(Command::new("redis-server").arg(&conf).arg("--sentinel"));
+        wait_for_port(port, Duration::from_secs(10)).await;
+        Self {
+            port,
+            _process: process,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateSentinel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Path of the Tansu broker binary installed by `scripts/stack up`.
 pub fn tansu_binary() -> String {
     let marker = concat!(env!("CARGO_MANIFEST_DIR"), "/.stack/tansu-bin");
