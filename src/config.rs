@@ -82,8 +82,11 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
     /// `single`: one Redis at `url`; `sentinel`: the primary named `sentinel_master`,
-    /// found (and found again after a failover) through `sentinel_urls`.
+    /// found (and found again after a failover) through `sentinel_urls`; `cluster`:
+    /// Redis Cluster reached through `cluster_urls`.
     pub mode: String,
+    /// Comma-separated seed nodes of a Redis Cluster.
+    pub cluster_urls: String,
     pub url: SecretString,
     /// Comma-separated sentinel addresses, e.g. `redis://10.0.0.1:26379,redis://10.0.0.2:26379`.
     pub sentinel_urls: String,
@@ -243,6 +246,7 @@ mode = "single"
 url = "redis://127.0.0.1:6379/0"
 sentinel_urls = ""
 sentinel_master = "mymaster"
+cluster_urls = ""
 pool_size = 64
 timeout_ms = 1000
 key_prefix = "fc:"

@@ -2,7 +2,8 @@
 //! breaker), the refresher's leader lease, and the invalidation channel every
 //! instance subscribes to so all L1 caches refresh at once.
 //!
-//! Keys: `<prefix>top:<days>` (JSON snapshot), `<prefix>top:leader` (lease);
+//! Keys: `<prefix>{top}:<days>` (JSON snapshots, one hash slot so one pipeline
+//! writes them all, also on Redis Cluster), `<prefix>top:leader` (lease);
 //! channel `<prefix>top:invalidate`.
 
 use std::time::Duration;
@@ -25,7 +26,7 @@ pub struct SnapshotStore {
 
 impl RedisStore {
     fn top_key(&self, days: u32) -> String {
-        format!("{}top:{days}", self.prefix)
+        format!("{}{{top}}:{days}", self.prefix)
     }
 
     fn invalidation_channel(&self) -> String {

@@ -441,15 +441,15 @@ impl RedisStore {
         if campaigns.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in campaigns {
-            pipe.hget(self.key(*id, "holders"), user.as_str());
-        }
+        let keys = campaigns
+            .iter()
+            .map(|id| self.key(*id, "holders"))
+            .collect();
+        let user_field = user.as_str().to_owned();
         let raw: Vec<Option<String>> = self
-            .run(
-                "holdings",
-                |mut c| async move { pipe.query_async(&mut c).await },
-            )
+            .per_key("holdings", keys, move |pipe, key| {
+                pipe.hget(key, &user_field);
+            })
             .await?;
         Ok(campaigns
             .iter()
@@ -463,15 +463,42 @@ impl RedisStore {
         if campaigns.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in campaigns {
-            pipe.xlen(self.key(*id, "outbox"));
-        }
-        self.run(
-            "xlen",
-            |mut c| async move { pipe.query_async(&mut c).await },
-        )
+        let keys = campaigns.iter().map(|id| self.key(*id, "outbox")).collect();
+        self.per_key("xlen", keys, |pipe, key| {
+            pipe.xlen(key);
+        })
         .await
+    }
+
+    /// One command per key, in one round trip: a single pipeline, or in cluster mode
+    /// (the keys live in different slots) one per key, sent concurrently.
+    async fn per_key<T: redis::FromRedisValue + Send>(
+        &self,
+        command: &'static str,
+        keys: Vec<String>,
+        add: impl Fn(&mut redis::Pipeline, &str),
+    ) -> StoreResult<Vec<T>> {
+        if !self.pool.is_cluster() {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                add(&mut pipe, key);
+            }
+            return self
+                .run(
+                    command,
+                    |mut c| async move { pipe.query_async(&mut c).await },
+                )
+                .await;
+        }
+        let calls = keys.iter().map(|key| {
+            let mut pipe = redis::pipe();
+            add(&mut pipe, key);
+            self.run(command, |mut c| async move {
+                let (value,): (T,) = pipe.query_async(&mut c).await?;
+                Ok(value)
+            })
+        });
+        futures::future::try_join_all(calls).await
     }
 
     /// Ids of every armed campaign.

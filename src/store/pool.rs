@@ -1,7 +1,9 @@
-//! The Redis connection pool behind [`super::RedisStore`], for a single Redis or for
-//! the primary that Sentinel names. Sentinel mode finds the primary again after a
-//! failover: a connection that fails, or that lands on a demoted primary (READONLY),
-//! leaves the pool, and new connections ask the sentinels who the primary is now.
+//! The Redis connection pool behind [`super::RedisStore`]: a single Redis, the
+//! primary that Sentinel names, or a Redis Cluster. Sentinel mode finds the primary
+//! again after a failover: a connection that fails, or that lands on a demoted
+//! primary (READONLY), leaves the pool, and new connections ask the sentinels who the
+//! primary is now. Cluster mode routes each command by its key's slot (every key of a
+//! campaign shares the slot `{c:<id>}`), and follows MOVED after a failover.
 
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use redis::aio::ConnectionLike;
@@ -14,27 +16,32 @@ use crate::config::RedisSettings;
 pub enum RedisPool {
     Single(deadpool_redis::Pool),
     Sentinel(deadpool_redis::sentinel::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
 }
 
 /// A pooled connection of either kind; returned to its pool when dropped.
 pub enum PooledConnection {
     Single(deadpool_redis::Connection),
     Sentinel(deadpool_redis::sentinel::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
 }
 
-/// The sentinel addresses of `settings`, refused when there are none.
-fn sentinel_urls(settings: &RedisSettings) -> anyhow::Result<Vec<String>> {
-    let urls: Vec<String> = settings
-        .sentinel_urls
+/// The addresses in a comma-separated setting, refused when there are none.
+fn url_list(list: &str, mode: &str, key: &str) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = list
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .map(str::to_owned)
         .collect();
     if urls.is_empty() {
-        anyhow::bail!("redis.mode = \"sentinel\" needs redis.sentinel_urls (comma-separated)");
+        anyhow::bail!("redis.mode = \"{mode}\" needs redis.{key} (comma-separated)");
     }
     Ok(urls)
+}
+
+fn sentinel_urls(settings: &RedisSettings) -> anyhow::Result<Vec<String>> {
+    url_list(&settings.sentinel_urls, "sentinel", "sentinel_urls")
 }
 
 impl RedisPool {
@@ -64,7 +71,23 @@ impl RedisPool {
                 cfg.pool = Some(pool_config);
                 Ok(Self::Sentinel(cfg.create_pool(Some(Runtime::Tokio1))?))
             }
-            other => anyhow::bail!("redis.mode = {other:?}: expected \"single\" or \"sentinel\""),
+            "cluster" => {
+                if settings.wait_replicas > 0 {
+                    anyhow::bail!(
+                        "redis.wait_replicas needs redis.mode single or sentinel: WAIT must run on the connection that wrote, which a cluster connection does not promise"
+                    );
+                }
+                let mut cfg = deadpool_redis::cluster::Config::from_urls(url_list(
+                    &settings.cluster_urls,
+                    "cluster",
+                    "cluster_urls",
+                )?);
+                cfg.pool = Some(pool_config);
+                Ok(Self::Cluster(cfg.create_pool(Some(Runtime::Tokio1))?))
+            }
+            other => anyhow::bail!(
+                "redis.mode = {other:?}: expected \"single\", \"sentinel\" or \"cluster\""
+            ),
         }
     }
 
@@ -80,6 +103,11 @@ impl RedisPool {
                 .await
                 .map(PooledConnection::Sentinel)
                 .map_err(|e| e.to_string()),
+            Self::Cluster(pool) => pool
+                .get()
+                .await
+                .map(PooledConnection::Cluster)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -87,16 +115,23 @@ impl RedisPool {
     /// (the primary moved), the next calls open fresh connections to the primary.
     pub fn forget_idle(&self) {
         match self {
-            Self::Single(pool) => pool.retain(|_, _| false),
-            Self::Sentinel(pool) => pool.retain(|_, _| false),
-        };
+            Self::Single(pool) => drop(pool.retain(|_, _| false)),
+            Self::Sentinel(pool) => drop(pool.retain(|_, _| false)),
+            Self::Cluster(pool) => drop(pool.retain(|_, _| false)),
+        }
     }
 
     /// (in use, idle, max) for the `redis_pool_connections` gauge.
+    /// Commands of one pipeline must share a hash slot (cluster mode).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
     pub fn status(&self) -> (usize, usize, usize) {
         let status = match self {
             Self::Single(pool) => pool.status(),
             Self::Sentinel(pool) => pool.status(),
+            Self::Cluster(pool) => pool.status(),
         };
         (
             status.size.saturating_sub(status.available),
@@ -118,6 +153,19 @@ pub fn primary_lost(err: &redis::RedisError) -> bool {
 /// A client for the current primary (pub/sub subscribers, which need their own
 /// connection); in Sentinel mode, asked of the sentinels at each call.
 pub async fn primary_client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
+    if settings.mode == "cluster" {
+        // PUBLISH reaches every node over the cluster bus: any node will do.
+        let first = url_list(&settings.cluster_urls, "cluster", "cluster_urls")
+            .map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cluster",
+                    e.to_string(),
+                ))
+            })?
+            .remove(0);
+        return redis::Client::open(first);
+    }
     if settings.mode != "sentinel" {
         return redis::Client::open(settings.url.expose_secret());
     }
@@ -142,6 +190,7 @@ impl ConnectionLike for PooledConnection {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Sentinel(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -154,6 +203,7 @@ impl ConnectionLike for PooledConnection {
         match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
             Self::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -161,6 +211,7 @@ impl ConnectionLike for PooledConnection {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Sentinel(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
         }
     }
 }

@@ -224,3 +224,59 @@ async fn sentinel_failover_moves_issuance_to_the_new_primary_without_a_second_co
     drop(sentinel);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_mode_issues_relays_and_reads_across_slots() {
+    use crate::helpers::PrivateCluster;
+    let cluster = PrivateCluster::start().await;
+    let urls = cluster.urls();
+    let app = spawn_app_with(|s| {
+        s.redis.mode = "cluster".into();
+        s.redis.cluster_urls = urls.clone();
+    })
+    .await;
+    // Enough campaigns that their slots {c:<id>} spread over the three nodes.
+    let mut campaigns = Vec::new();
+    for _ in 0..6 {
+        campaigns.push(app.open_campaign(2).await);
+    }
+    for &campaign in &campaigns {
+        assert_eq!(app.claim(campaign, "roamer").await.status(), 201);
+        assert_eq!(app.claim(campaign, "other").await.status(), 201);
+        assert_problem(app.claim(campaign, "late").await, 410, "sold-out").await;
+        assert_problem(app.claim(campaign, "roamer").await, 409, "already-issued").await;
+    }
+    // The relay reads every outbox (one slot each) and the persister writes them all.
+    for &campaign in &campaigns {
+        assert_eq!(
+            app.wait_persisted(campaign, 2, Duration::from_secs(60))
+                .await,
+            2
+        );
+    }
+    // One shopper's coupons across campaigns in different slots.
+    let mine = app.get_json("/api/v1/me/coupons", Some("roamer")).await;
+    assert_eq!(mine["coupons"].as_array().unwrap().len(), 6, "{mine}");
+    // The keys really are spread over more than one node.
+    let holding_nodes = cluster
+        .ports
+        .iter()
+        .filter(|port| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "dbsize"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() != "0"
+        })
+        .count();
+    assert!(holding_nodes >= 2, "all keys on one node");
+    // The durability mode is refused with a reason in cluster mode.
+    let mut settings = app.settings.clone();
+    settings.redis.wait_replicas = 1;
+    let err = flashcoupon::store::RedisStore::new(&settings.redis)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("wait_replicas"), "{err}");
+    app.stop().await;
+}

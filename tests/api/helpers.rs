@@ -458,6 +458,77 @@ impl Drop for PrivateSentinel {
     }
 }
 
+/// A Redis Cluster of this test alone: three primaries on free ports, slots shared
+/// out by `redis-cli --cluster create`.
+pub struct PrivateCluster {
+    pub ports: Vec<u16>,
+    _nodes: Vec<Process>,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateCluster {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("cluster-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for port in &ports {
+            nodes.push(Process::spawn(
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes"])
+                    .arg("--cluster-config-file")
+                    .arg(dir.join(format!("nodes-{port}.conf")))
+                    .arg("--dir")
+                    .arg(&dir),
+            ));
+        }
+        for port in &ports {
+            wait_for_port(*port, Duration::from_secs(10)).await;
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(created.status.success(), "{created:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &ports[0].to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster never became ok");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Self {
+            ports,
+            _nodes: nodes,
+            dir,
+        }
+    }
+
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Path of the Tansu broker binary installed by `scripts/stack up`.
 pub fn tansu_binary() -> String {
     let marker = concat!(env!("CARGO_MANIFEST_DIR"), "/.stack/tansu-bin");
