@@ -1,7 +1,7 @@
 # flashcoupon: the two commands a newcomer needs.
 #   make run    local stack up, migrate, demo campaign, serve on 127.0.0.1:8080
 #   make test   local stack up, then every check and test
-.PHONY: run test stack lint nextest tools observability fuzz clean-test-data help
+.PHONY: run test stack lint nextest tools observability fuzz chaos clean-test-data help
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -11,6 +11,7 @@ help:
 	@echo "make run   - start Redis, MariaDB and the Kafka broker, migrate, create a demo campaign, serve :8080"
 	@echo "make test  - start the stack, then fmt, clippy and every test (unit and integration)"
 	@echo "make fuzz  - schemathesis against /openapi.json of a running service (part of make test)"
+	@echo "make chaos - the fault suite: a flash burst per fault scenario, one table line each"
 
 stack:
 	scripts/stack up
@@ -48,6 +49,12 @@ observability: tools
 # every answer as the spec says.
 fuzz: stack
 	scripts/fuzz
+
+# The fault suite (minutes; not part of make test): private Redis/Sentinel/service
+# processes are paused, killed and restarted under a flash burst.
+chaos: stack nextest
+	set -o pipefail; $(CARGO) nextest run --workspace --locked --run-ignored only --no-capture \
+	  --test-threads 1 -E 'test(/^chaos::/)' 2>&1 | grep -E '^\| |PASS|FAIL|Summary'
 
 test: stack nextest tools lint observability clean-test-data
 	$(CARGO) nextest run --workspace --locked --no-fail-fast

@@ -2,6 +2,7 @@
 //! broker. One binary; each module covers one capability.
 
 mod admin;
+mod chaos;
 mod console;
 mod faults;
 mod health;
