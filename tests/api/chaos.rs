@@ -11,8 +11,8 @@ use futures::{stream, StreamExt};
 use serde_json::Value;
 
 use crate::helpers::{
-    flashcoupon_command, free_port, isolated_settings, prepare_database, spawn_app_with,
-    wait_for_port, PrivateRedis, PrivateSentinel, Process,
+    flashcoupon_command, free_port, isolated_settings, prepare_database, spawn_app_with, start_app,
+    wait_for_port, LatencyProxy, PrivateMariaDb, PrivateRedis, PrivateSentinel, Process,
 };
 
 const STOCK: i64 = 2_000;
@@ -333,6 +333,94 @@ async fn chaos_service_instance_killed_mid_request() {
     if let Some(p) = last {
         p.signal("TERM");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make chaos"]
+async fn chaos_redis_restarted_empty() {
+    let redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let redis = tokio::sync::Mutex::new(redis);
+    let app = spawn_app_with(|s| s.redis.url = url.clone().into()).await;
+    let campaign = app.open_campaign(STOCK).await;
+    let settings = app.settings.clone();
+    let (answers, fault) = with_fault(
+        app.address.clone(),
+        campaign,
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+        async { redis.lock().await.stop() },
+        async {
+            // Back empty: the campaign answers 503 until on-call re-arms it from MySQL.
+            redis.lock().await.restart().await;
+            let armed = flashcoupon_command(&settings, &["campaign", "arm"])
+                .status()
+                .unwrap();
+            assert!(armed.success());
+        },
+    )
+    .await;
+    print(
+        "Redis restarted empty (no AOF, no replica), re-armed by `campaign arm`",
+        &judge(&app.db, campaign, &answers, fault).await,
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make chaos"]
+async fn chaos_200ms_latency_to_redis() {
+    let redis = PrivateRedis::start().await;
+    let proxy = LatencyProxy::start(redis.port, Duration::from_millis(200)).await;
+    let url = format!("redis://127.0.0.1:{}/0", proxy.port);
+    // A connection set-up takes a few round trips of 400 ms here: the bound on one
+    // Redis call must exceed them (as it must in production for that network).
+    let app = spawn_app_with(|s| {
+        s.redis.url = url.clone().into();
+        s.redis.timeout_ms = 3000;
+    })
+    .await;
+    let campaign = app.open_campaign(STOCK).await;
+    let (answers, fault) = with_fault(
+        app.address.clone(),
+        campaign,
+        Duration::ZERO,
+        Duration::from_secs(8),
+        async {},
+        async {},
+    )
+    .await;
+    print(
+        "200 ms latency to Redis (each way), whole burst, redis.timeout_ms 3000",
+        &judge(&app.db, campaign, &answers, fault).await,
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make chaos"]
+async fn chaos_mariadb_killed() {
+    let mariadb = PrivateMariaDb::start().await;
+    let mut settings = isolated_settings();
+    settings.database.url = mariadb.url("flashcoupon").into();
+    let mariadb = tokio::sync::Mutex::new(mariadb);
+    let db = prepare_database(&settings).await;
+    let app = start_app(settings, db).await;
+    let campaign = app.open_campaign(STOCK).await;
+    let (answers, fault) = with_fault(
+        app.address.clone(),
+        campaign,
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+        async { mariadb.lock().await.stop() },
+        async { mariadb.lock().await.restart().await },
+    )
+    .await;
+    print(
+        "MariaDB killed (kill -9) for 10 s, restarted",
+        &judge(&app.db, campaign, &answers, fault).await,
+    );
+    app.stop().await;
 }
 
 fn signal(pid: &str, name: &str) {

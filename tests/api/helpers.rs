@@ -680,6 +680,78 @@ impl PrivateMariaDb {
     pub fn stop(&mut self) {
         self.process.kill();
     }
+
+    /// Starts the server again on its datadir (InnoDB recovers what was committed).
+    pub async fn restart(&mut self) {
+        self.process = Self::launch(&self.dir, self.port).await;
+    }
+}
+
+/// A TCP proxy of this test alone in front of `target`, adding `delay` to every
+/// chunk it forwards in either direction (a slow network to Redis, say).
+pub struct LatencyProxy {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LatencyProxy {
+    pub async fn start(target: u16, delay: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::join!(Self::pipe(ri, wo, delay), Self::pipe(ro, wi, delay));
+                });
+            }
+        });
+        Self { port, task }
+    }
+
+    /// Forwards each chunk `delay` after it arrived; chunks in flight overlap, so
+    /// this adds latency without capping throughput.
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        let reader = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0
+                    || tx
+                        .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        };
+        let writer = async move {
+            while let Some((due, chunk)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::join!(reader, writer);
+    }
+}
+
+impl Drop for LatencyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Drop for PrivateMariaDb {

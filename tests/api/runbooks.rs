@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::helpers::{free_port, wait_for_port, Process, ADMIN_TOKEN};
 
 /// The service with its default configuration (database `flashcoupon`, topic
-/// `coupon.issued.v1`, as the runbooks assume) on a free port. Its persister joins a
+/// `coupon.issued.v1`, as the runbooks assume) on a free port, with Redis keys of its
+/// own. Its persister joins a
 /// group of its own (the local broker can wedge a group whose member leaves
 /// mid-join, so the test waits for a first write before stopping); the sales
 /// consumer is off.
@@ -19,6 +20,8 @@ fn service_command(port: u16, group: &str, args: &[&str]) -> Command {
         .env("FLASHCOUPON__SERVER__PORT", port.to_string())
         .env("FLASHCOUPON__SERVER__WORKERS", "2")
         .env("FLASHCOUPON__KAFKA__PERSISTER_GROUP", group)
+        // Its own Redis keys, so no other instance on this machine relays its coupons.
+        .env("FLASHCOUPON__REDIS__KEY_PREFIX", format!("{group}:"))
         .env("FLASHCOUPON__CATALOG__SALES_ENABLED", "false")
         .env("FLASHCOUPON__ADMIN__TOKEN", ADMIN_TOKEN)
         .env("FLASHCOUPON__LOG__FILTER", "warn");
