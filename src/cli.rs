@@ -502,10 +502,10 @@ async fn campaign(settings: Settings, action: CampaignAction) -> anyhow::Result<
             for campaign in reconciler.recent_campaigns(Duration::ZERO).await? {
                 let report = reconciler.check(campaign.id, |_| {}).await?;
                 if report.armed && report.differences.redis_behind() {
-                    let repaired = reconciler.repair_redis_only(&report).await?;
+                    let restored = reconciler.catch_up_redis(&report).await?;
                     println!(
-                        "campaign {}: redis was behind mysql, restored {} holder(s)",
-                        campaign.id, repaired.restored_in_redis
+                        "campaign {}: redis was behind mysql, restored {restored} holder(s)",
+                        campaign.id
                     );
                 }
             }

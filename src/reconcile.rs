@@ -190,34 +190,47 @@ impl Reconciler {
     /// Redis catches up with MySQL (lost holders back, issued counter raised), then
     /// coupons missing from MySQL go back into the outbox for the relay.
     pub async fn repair(&self, report: &Report) -> Result<Repaired, ServiceError> {
-        let mut repaired = Repaired::default();
+        let restored_in_redis = self.catch_up_redis(report).await?;
         let d = &report.differences;
-        if report.armed && d.redis_behind() {
-            let floor = d.issued_behind.map(|(_, floor)| floor).unwrap_or(0);
-            repaired.restored_in_redis = self
-                .store
-                .catch_up(report.campaign_id, &d.extra_in_mysql, floor)
-                .await?
-                .unwrap_or(0);
-            tracing::warn!(
-                campaign_id = report.campaign_id,
-                restored = repaired.restored_in_redis,
-                issued_floor = floor,
-                "redis was behind mysql; caught up"
-            );
-        }
+        let mut reenqueued = 0;
         if !d.missing_in_mysql.is_empty() {
-            repaired.reenqueued = self
+            reenqueued = self
                 .store
                 .reenqueue(report.campaign_id, &d.missing_in_mysql)
                 .await?;
             tracing::warn!(
                 campaign_id = report.campaign_id,
-                reenqueued = repaired.reenqueued,
+                reenqueued,
                 "coupons missing from mysql put back into the outbox"
             );
         }
-        Ok(repaired)
+        Ok(Repaired {
+            reenqueued,
+            restored_in_redis,
+        })
+    }
+
+    /// The automatic half of [`Reconciler::repair`]: an armed campaign whose Redis is
+    /// behind MySQL gets its lost holders back and its counter raised. Returns the
+    /// holders restored.
+    pub async fn catch_up_redis(&self, report: &Report) -> Result<usize, ServiceError> {
+        let d = &report.differences;
+        if !(report.armed && d.redis_behind()) {
+            return Ok(0);
+        }
+        let floor = d.issued_behind.map(|(_, floor)| floor).unwrap_or(0);
+        let restored = self
+            .store
+            .catch_up(report.campaign_id, &d.extra_in_mysql, floor)
+            .await?
+            .unwrap_or(0);
+        tracing::warn!(
+            campaign_id = report.campaign_id,
+            restored,
+            issued_floor = floor,
+            "redis was behind mysql; caught up"
+        );
+        Ok(restored)
     }
 
     /// Campaigns worth checking: not ended, or ended within `lookback`.
@@ -264,10 +277,8 @@ pub async fn run_periodic(
             match reconciler.check(campaign.id, |_| {}).await {
                 Ok(report) => {
                     Reconciler::export(&report);
-                    if report.armed && report.differences.redis_behind() {
-                        if let Err(err) = reconciler.repair_redis_only(&report).await {
-                            tracing::warn!(campaign_id = campaign.id, error = %err, "catch-up failed");
-                        }
+                    if let Err(err) = reconciler.catch_up_redis(&report).await {
+                        tracing::warn!(campaign_id = campaign.id, error = %err, "catch-up failed");
                     }
                 }
                 Err(err) => {
@@ -275,15 +286,6 @@ pub async fn run_periodic(
                 }
             }
         }
-    }
-}
-
-impl Reconciler {
-    /// The automatic half of [`Reconciler::repair`]: Redis catches up with MySQL.
-    pub async fn repair_redis_only(&self, report: &Report) -> Result<Repaired, ServiceError> {
-        let mut only_redis = report.clone();
-        only_redis.differences.missing_in_mysql.clear();
-        self.repair(&only_redis).await
     }
 }
 

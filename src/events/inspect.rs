@@ -32,6 +32,21 @@ fn producer_metadata(
     Ok(producer.client().fetch_metadata(None, timeout)?)
 }
 
+/// The partition ids of `topic` (none if the topic does not exist).
+pub(crate) fn partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> rdkafka::error::KafkaResult<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 /// One partition's committed offset, high watermark and lag for a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionLag {
@@ -52,13 +67,7 @@ pub fn lag(
         .set("enable.auto.commit", "false")
         .create()?;
     let timeout = Duration::from_millis(settings.request_timeout_ms);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = partitions(&consumer, topic, timeout)?;
     let mut list = TopicPartitionList::new();
     for p in &partitions {
         list.add_partition(topic, *p);
@@ -108,15 +117,10 @@ pub fn read(
         .set("group.id", "flashcoupon-reader")
         .set("enable.auto.commit", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(
-        Some(topic),
-        Duration::from_millis(settings.request_timeout_ms),
-    )?;
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
     let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        }
+    for p in partitions(&consumer, topic, timeout)? {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + wait;

@@ -85,12 +85,9 @@ pub fn read_pending(
 ) -> anyhow::Result<Vec<DeadLetter>> {
     let timeout = Duration::from_millis(settings.request_timeout_ms);
     let consumer = reader(settings, &replay_group(dlt_topic))?;
-    let metadata = consumer.fetch_metadata(Some(dlt_topic), timeout)?;
     let mut wanted = TopicPartitionList::new();
-    for t in metadata.topics().iter().filter(|t| t.name() == dlt_topic) {
-        for p in t.partitions() {
-            wanted.add_partition(dlt_topic, p.id());
-        }
+    for p in super::inspect::partitions(&consumer, dlt_topic, timeout)? {
+        wanted.add_partition(dlt_topic, p);
     }
     if wanted.count() == 0 {
         anyhow::bail!("dead-letter topic {dlt_topic} does not exist");
