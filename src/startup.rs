@@ -61,7 +61,7 @@ impl Application {
         if settings.relay.enabled || settings.persister.enabled {
             topics.extend([
                 settings.kafka.issued_topic.clone(),
-                format!("{}.retry", settings.kafka.issued_topic),
+                events::consumer::retry_topic_of(&settings.kafka.issued_topic),
                 settings.kafka.dlt_topic(),
             ]);
         }
@@ -69,7 +69,7 @@ impl Application {
             let orders = &settings.catalog.orders_topic;
             topics.extend([
                 orders.clone(),
-                format!("{orders}.retry"),
+                events::consumer::retry_topic_of(orders),
                 format!("{orders}.dlt"),
             ]);
         }
@@ -277,7 +277,7 @@ pub async fn run_consumer(settings: Settings) -> anyhow::Result<()> {
         &settings,
         &[
             settings.kafka.issued_topic.clone(),
-            format!("{}.retry", settings.kafka.issued_topic),
+            events::consumer::retry_topic_of(&settings.kafka.issued_topic),
             settings.kafka.dlt_topic(),
         ],
     )

@@ -79,10 +79,14 @@ pub struct ConsumerSpec {
     pub retry_delays: Vec<Duration>,
 }
 
+/// Where retryable rejects of `topic` wait for their next attempt.
+pub fn retry_topic_of(topic: &str) -> String {
+    format!("{topic}.retry")
+}
+
 impl ConsumerSpec {
-    /// Where retryable rejects wait for their next attempt.
     pub fn retry_topic(&self) -> String {
-        format!("{}.retry", self.topic)
+        retry_topic_of(&self.topic)
     }
 }
 

@@ -96,7 +96,7 @@ impl IssuanceService {
     /// One shopper presses "get coupon". Fails closed: if Redis cannot decide,
     /// the answer is Unavailable, never a coupon without the checks. The span's
     /// trace context rides with the coupon event into the persister's span.
-    #[tracing::instrument(name = "coupon.claim", skip_all, fields(campaign_id, result))]
+    #[tracing::instrument(name = "coupon.claim", skip_all, fields(campaign_id = campaign_id, result))]
     pub async fn claim(
         &self,
         campaign_id: CampaignId,
