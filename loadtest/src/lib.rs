@@ -259,6 +259,12 @@ fn random_prefix() -> String {
 async fn prepare_claims(client: &HttpClient, args: &ClaimArgs) -> anyhow::Result<ClaimSetup> {
     let token = args.admin_token.clone();
     let prefix = args.user_prefix.clone().unwrap_or_else(random_prefix);
+    // MySQL first: a wrong --mysql-url must not leave a campaign behind.
+    let db = if args.no_verify {
+        None
+    } else {
+        Some(verify::connect_mysql(&args.mysql_url).await?)
+    };
     let (campaign, created) = match args.campaign {
         Some(id) => (id, false),
         None => {
@@ -277,11 +283,6 @@ async fn prepare_claims(client: &HttpClient, args: &ClaimArgs) -> anyhow::Result
             );
         }
     }
-    let db = if args.no_verify {
-        None
-    } else {
-        Some(verify::connect_mysql(&args.mysql_url).await?)
-    };
     Ok(ClaimSetup {
         campaign,
         created,

@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod input;
 mod issue;
+mod loadtest;
 mod metrics;
 mod observability;
 mod persister;
