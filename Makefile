@@ -34,12 +34,14 @@ nextest:
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
 
 # Checkers of the on-call kit: promtool (Debian `prometheus`) and docker-compose;
-# headless Chromium and chromedriver for the console's browser test.
+# headless Chromium and chromedriver for the console's browser test; DejaVu Sans for
+# the text of loadtest's chart.png.
 tools:
 	@command -v promtool >/dev/null && command -v docker-compose >/dev/null && \
-	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null && \
+	  test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      prometheus docker-compose chromium chromium-driver >/dev/null; }
+	      prometheus docker-compose chromium chromium-driver fonts-dejavu-core >/dev/null; }
 
 # Alert rules (promtool check + unit tests), dashboards, runbooks, docker-compose.yml.
 observability: tools

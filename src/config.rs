@@ -91,6 +91,11 @@ pub struct RedisSettings {
     /// Comma-separated sentinel addresses, e.g. `redis://10.0.0.1:26379,redis://10.0.0.2:26379`.
     pub sentinel_urls: String,
     pub sentinel_master: String,
+    /// Long-lived multiplexed connections that every call shares (commands of
+    /// concurrent calls are pipelined on them).
+    pub shared_connections: usize,
+    /// Pool of exclusive connections (durability mode's `WAIT`), which also makes
+    /// the shared ones.
     pub pool_size: usize,
     /// Upper bound for one Redis call including the wait for a pooled connection.
     pub timeout_ms: u64,
@@ -149,7 +154,7 @@ pub struct RelaySettings {
     pub enabled: bool,
     /// Most outbox entries read and in flight to Kafka at once per campaign.
     pub batch_size: usize,
-    /// Pause between polls when every outbox is empty.
+    /// Pause between polls when every outbox is empty (doubling up to 8 x while idle).
     pub idle_ms: u64,
     /// Entries pending this long on another instance are claimed (it probably died).
     pub claim_idle_ms: u64,
@@ -247,6 +252,7 @@ url = "redis://127.0.0.1:6379/0"
 sentinel_urls = ""
 sentinel_master = "mymaster"
 cluster_urls = ""
+shared_connections = 4
 pool_size = 64
 timeout_ms = 1000
 key_prefix = "fc:"

@@ -22,6 +22,7 @@ use crate::issuance::IssuanceService;
 use crate::persistence::catalog::GuardedTopQuery;
 use crate::persistence::{self, Database};
 use crate::store::catalog::SnapshotStore;
+use crate::store::pubsub::Notice;
 use crate::store::RedisStore;
 use crate::telemetry::metrics;
 
@@ -153,14 +154,19 @@ impl Application {
         }
         {
             let l1 = top_products.clone();
-            tasks.push(tokio::spawn(
-                crate::store::catalog::subscribe_invalidations(
-                    settings.redis.clone(),
-                    settings.redis.key_prefix.clone(),
-                    move || l1.invalidate(),
-                    shutdown.clone(),
-                ),
-            ));
+            let issuance = issuance.clone();
+            tasks.push(tokio::spawn(crate::store::pubsub::subscribe(
+                settings.redis.clone(),
+                move |notice| match notice {
+                    Notice::Resubscribed | Notice::TopProductsChanged => l1.invalidate(),
+                    Notice::SoldOut(id) => {
+                        if issuance.note_sold_out(id) {
+                            tracing::info!(campaign_id = id, "another instance announced sold out");
+                        }
+                    }
+                },
+                shutdown.clone(),
+            )));
         }
 
         let limits = crate::http::limits::RateLimits::new(&settings.limits)?;

@@ -47,7 +47,7 @@ impl Refresher {
         self.store
             .write_snapshots(&snapshots, self.snapshot_ttl)
             .await?;
-        self.store.publish_invalidation().await?;
+        self.store.publish_top_changed().await?;
         Ok(())
     }
 

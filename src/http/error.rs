@@ -43,7 +43,7 @@ pub enum ApiError {
     #[error("{0}")]
     NotOpen(&'static str),
     /// 410 `sold-out`.
-    #[error("every coupon of this campaign has been issued")]
+    #[error("every coupon of this campaign has been issued; a coupon you got is listed at /api/v1/me/coupons")]
     SoldOut,
     /// 413 `payload-too-large`.
     #[error("request body larger than {0} bytes")]

@@ -6,7 +6,7 @@
 pub mod relay;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -71,6 +71,10 @@ pub struct IssuanceService {
     db: Database,
     /// Campaign rows, briefly cached: views are polled, the rows rarely change.
     campaigns: Cache<CampaignId, Arc<Campaign>>,
+    /// Campaigns known to be sold out: answered 410 without asking Redis. Stock never
+    /// grows back, so an entry never goes stale. Filled by this instance's sold-out
+    /// answers (then broadcast) and by other instances' broadcasts.
+    sold_out: Arc<RwLock<HashSet<CampaignId>>>,
 }
 
 impl IssuanceService {
@@ -82,6 +86,7 @@ impl IssuanceService {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(1))
                 .build(),
+            sold_out: Arc::default(),
         }
     }
 
@@ -96,12 +101,19 @@ impl IssuanceService {
     /// One shopper presses "get coupon". Fails closed: if Redis cannot decide,
     /// the answer is Unavailable, never a coupon without the checks. The span's
     /// trace context rides with the coupon event into the persister's span.
+    /// Once a campaign is known to be sold out, the answer is SoldOut at once, for
+    /// holders too (their coupon stays theirs, listed by `coupons_of`).
     #[tracing::instrument(name = "coupon.claim", skip_all, fields(campaign_id = campaign_id, result))]
     pub async fn claim(
         &self,
         campaign_id: CampaignId,
         user: &UserId,
     ) -> ServiceResult<IssueOutcome> {
+        if self.known_sold_out(campaign_id) {
+            metrics::get().record_issue(campaign_id, "sold_out");
+            tracing::Span::current().record("result", "sold_out");
+            return Ok(IssueOutcome::SoldOut);
+        }
         let traceparent = crate::telemetry::trace::traceparent_of(&tracing::Span::current());
         let code = new_coupon_code();
         let event_id = uuid::Uuid::now_v7().to_string();
@@ -113,6 +125,9 @@ impl IssuanceService {
             Ok((outcome, remaining)) => {
                 if let Some(remaining) = remaining {
                     metrics::get().set_stock_remaining(campaign_id, remaining);
+                    if remaining == 0 {
+                        self.learned_sold_out(campaign_id);
+                    }
                 }
                 outcome
             }
@@ -135,6 +150,39 @@ impl IssuanceService {
         metrics::get().record_issue(campaign_id, result);
         tracing::Span::current().record("result", result);
         Ok(outcome)
+    }
+
+    fn known_sold_out(&self, id: CampaignId) -> bool {
+        self.sold_out
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
+    /// Another instance announced that `id` sold out. True if this one did not know.
+    pub fn note_sold_out(&self, id: CampaignId) -> bool {
+        self.sold_out
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id)
+    }
+
+    /// Redis answered that `id` has no stock left: remember it, and tell every other
+    /// instance once (in the background: the shopper's answer does not wait for it).
+    fn learned_sold_out(&self, id: CampaignId) {
+        if !self.note_sold_out(id) {
+            return;
+        }
+        tracing::info!(
+            campaign_id = id,
+            "campaign sold out; answering 410 locally from now on"
+        );
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.publish_sold_out(id).await {
+                tracing::warn!(campaign_id = id, error = %err, "could not broadcast sold-out; other instances learn it from Redis");
+            }
+        });
     }
 
     /// Redis knows nothing of the campaign: unknown (404), over (409), or lost by

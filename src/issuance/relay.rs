@@ -4,6 +4,7 @@
 //! died) are taken over with XAUTOCLAIM. In-flight work is bounded by the batch
 //! size; while the broker is down the outbox simply grows and drains later.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -25,6 +26,9 @@ pub struct Relay {
     consumer: String,
     /// Delivery rounds in a row that failed; the producer is rebuilt after a few.
     failed_rounds: u32,
+    /// Last outbox length exported per campaign: the gauge is written only when it
+    /// changes, so an idle pass over 1,000 campaigns records nothing.
+    exported_pending: HashMap<CampaignId, i64>,
 }
 
 /// Failed delivery rounds after which the producer is replaced by a fresh one (new
@@ -46,6 +50,7 @@ impl Relay {
             settings,
             consumer: format!("relay-{}", uuid::Uuid::new_v4()),
             failed_rounds: 0,
+            exported_pending: HashMap::new(),
         })
     }
 
@@ -56,6 +61,8 @@ impl Relay {
         let mut campaigns_read_at: Option<Instant> = None;
         let mut claimed_at = Instant::now();
         let mut failures: u32 = 0;
+        // Idle passes in a row: the pause between them doubles up to 8 x idle_ms.
+        let mut idle_passes: u32 = 0;
         // Entries of our own that failed delivery and wait to be read again.
         let mut own_pending = true;
         while !shutdown.is_cancelled() {
@@ -81,8 +88,10 @@ impl Relay {
             } else {
                 failures = 0;
                 if moved == 0 {
-                    Duration::from_millis(self.settings.idle_ms)
+                    idle_passes = idle_passes.saturating_add(1);
+                    idle_pause(self.settings.idle_ms, idle_passes)
                 } else {
+                    idle_passes = 0;
                     Duration::ZERO
                 }
             };
@@ -116,7 +125,9 @@ impl Relay {
         let mut moved = 0;
         let mut failed = false;
         for (&id, &length) in campaigns.iter().zip(&lengths) {
-            metrics::get().set_outbox_pending(id, length);
+            if self.exported_pending.insert(id, length) != Some(length) {
+                metrics::get().set_outbox_pending(id, length);
+            }
             if length == 0 {
                 continue;
             }
@@ -235,6 +246,13 @@ impl Relay {
     }
 }
 
+/// Pause after the `idle_passes`-th pass in a row that found nothing: `idle_ms`,
+/// doubling up to 8 x `idle_ms`, so a quiet relay polls less and the first coupon
+/// after a lull still leaves within a few hundred milliseconds.
+fn idle_pause(idle_ms: u64, idle_passes: u32) -> Duration {
+    Duration::from_millis(idle_ms << idle_passes.saturating_sub(1).min(3))
+}
+
 /// The contract payload of `coupon.issued.v1` for one outbox entry.
 pub fn to_event(entry: &OutboxEntry) -> CouponIssuedEvent {
     CouponIssuedEvent {
@@ -246,5 +264,18 @@ pub fn to_event(entry: &OutboxEntry) -> CouponIssuedEvent {
         user_id: entry.user_id.clone(),
         coupon_code: entry.coupon_code.clone(),
         sequence: entry.sequence,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_pause_doubles_from_idle_ms_up_to_eight_times_it() {
+        let pauses: Vec<u64> = (1..=6)
+            .map(|n| idle_pause(20, n).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [20, 40, 80, 160, 160, 160]);
     }
 }

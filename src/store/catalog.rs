@@ -1,19 +1,15 @@
 //! Redis side of the read path: top-products snapshots (behind a circuit
-//! breaker), the refresher's leader lease, and the invalidation channel every
-//! instance subscribes to so all L1 caches refresh at once.
+//! breaker) and the refresher's leader lease (the invalidation every instance
+//! hears is in [`super::pubsub`]).
 //!
 //! Keys: `<prefix>{top}:<days>` (JSON snapshots, one hash slot so one pipeline
-//! writes them all, also on Redis Cluster), `<prefix>top:leader` (lease);
-//! channel `<prefix>top:invalidate`.
+//! writes them all, also on Redis Cluster), `<prefix>top:leader` (lease).
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use redis::AsyncCommands;
-use tokio_util::sync::CancellationToken;
 
 use super::{RedisStore, StoreError};
-use crate::config::RedisSettings;
 use crate::domain::TopSnapshot;
 use crate::resilience::{Breaker, BreakerSettings, GuardError};
 
@@ -27,10 +23,6 @@ pub struct SnapshotStore {
 impl RedisStore {
     fn top_key(&self, days: u32) -> String {
         format!("{}{{top}}:{days}", self.prefix)
-    }
-
-    fn invalidation_channel(&self) -> String {
-        format!("{}top:invalidate", self.prefix)
     }
 
     /// Writes the snapshots of every window (one round trip), with a TTL so a
@@ -55,16 +47,6 @@ impl RedisStore {
             pipe.query_async::<()>(&mut c).await
         })
         .await
-    }
-
-    /// Tells every instance to drop its L1 copies.
-    pub async fn publish_invalidation(&self) -> Result<(), StoreError> {
-        let channel = self.invalidation_channel();
-        self.run("publish", |mut c| async move {
-            c.publish::<_, _, i64>(channel, "refresh").await
-        })
-        .await
-        .map(|_| ())
     }
 
     /// Takes or renews the refresher lease; true while `owner` holds it.
@@ -113,53 +95,5 @@ impl SnapshotStore {
             .call(store.run("top_read", |mut c| async move { c.get(key).await }))
             .await?;
         Ok(raw.and_then(|json| serde_json::from_str(&json).ok()))
-    }
-}
-
-/// Calls `on_message` for every invalidation published by any instance. Reconnects
-/// (and resubscribes) with backoff when Redis goes away, until `shutdown`.
-pub async fn subscribe_invalidations<F>(
-    settings: RedisSettings,
-    channel_prefix: String,
-    on_message: F,
-    shutdown: CancellationToken,
-) where
-    F: Fn() + Send + 'static,
-{
-    let channel = format!("{channel_prefix}top:invalidate");
-    let mut wait = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let connected = async {
-            let client = super::pool::primary_client(&settings).await?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(settings.timeout() * 3, connected).await {
-            Ok(Ok(mut pubsub)) => {
-                wait = Duration::from_millis(100);
-                tracing::info!(%channel, "subscribed to top-products invalidations");
-                // Anything published while we were away is unknown: refresh now.
-                on_message();
-                let mut messages = pubsub.on_message();
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        message = messages.next() => match message {
-                            Some(_) => on_message(),
-                            None => break,
-                        },
-                    }
-                }
-                tracing::warn!(%channel, "invalidation subscription lost, reconnecting");
-            }
-            Ok(Err(err)) => tracing::debug!(error = %err, "cannot subscribe to invalidations yet"),
-            Err(_) => tracing::debug!("subscribing to invalidations timed out"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod pool;
+pub mod pubsub;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -64,7 +65,7 @@ pub struct OutboxEntry {
     pub traceparent: String,
 }
 
-/// Handle on Redis: a bounded pool plus the issuance scripts.
+/// Handle on Redis: shared multiplexed connections, a bounded pool, the scripts.
 #[derive(Clone)]
 pub struct RedisStore {
     pool: pool::RedisPool,
@@ -102,35 +103,55 @@ impl RedisStore {
         format!("{}campaigns", self.prefix)
     }
 
-    /// Runs one Redis exchange on a pooled connection within the timeout, timing it
+    /// Runs one Redis exchange on a shared connection within the timeout, timing it
     /// under `command` in `redis_command_duration_seconds`.
     async fn run<T, F, Fut>(&self, command: &'static str, f: F) -> StoreResult<T>
     where
         F: FnOnce(pool::PooledConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        self.run_on(command, false, f).await
+    }
+
+    /// [`Self::run`], on a connection of its own when `exclusive` (a command that
+    /// blocks its connection on the server, like `WAIT`, must not hold up others).
+    async fn run_on<T, F, Fut>(
+        &self,
+        command: &'static str,
+        exclusive: bool,
+        f: F,
+    ) -> StoreResult<T>
+    where
+        F: FnOnce(pool::PooledConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let started = std::time::Instant::now();
         let work = async {
-            let conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("no connection: {e}")))?;
+            let conn = if exclusive {
+                self.pool.get_exclusive().await
+            } else {
+                self.pool.get().await
+            }
+            .map_err(|e| StoreError::Unavailable(format!("no connection: {e}")))?;
             f(conn).await.map_err(|e| {
                 if pool::primary_lost(&e) {
-                    // The connection is back in the pool by now: drop the idle ones so
-                    // the next call connects afresh (to the new primary, with Sentinel).
-                    self.pool.forget_idle();
+                    // Connect afresh (to the new primary, with Sentinel).
+                    self.pool.forget_connections();
                 }
                 StoreError::Unavailable(format!("{command}: {e}"))
             })
         };
         let result = match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{command}: no answer within {:?}",
-                self.timeout
-            ))),
+            Err(_) => {
+                // A connection that does not answer may be to a paused or dead
+                // primary: the next calls connect afresh.
+                self.pool.forget_connections();
+                Err(StoreError::Unavailable(format!(
+                    "{command}: no answer within {:?}",
+                    self.timeout
+                )))
+            }
         };
         metrics::get().record_redis_command(command, started.elapsed(), result.is_ok());
         result
@@ -166,7 +187,7 @@ impl RedisStore {
             .arg(traceparent);
         let (replicas, wait_ms) = (self.wait_replicas, self.wait_timeout.as_millis() as u64);
         let (reply, acked): (Vec<String>, Option<u32>) = self
-            .run("issue", |mut c| async move {
+            .run_on("issue", replicas > 0, |mut c| async move {
                 let reply: Vec<String> = invocation.invoke_async(&mut c).await?;
                 // Durability mode: WAIT on the same connection, so it covers this write
                 // (for a coupon already held, it checks the replicas are there at all).

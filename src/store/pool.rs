@@ -1,26 +1,64 @@
-//! The Redis connection pool behind [`super::RedisStore`]: a single Redis, the
-//! primary that Sentinel names, or a Redis Cluster. Sentinel mode finds the primary
-//! again after a failover: a connection that fails, or that lands on a demoted
-//! primary (READONLY), leaves the pool, and new connections ask the sentinels who the
-//! primary is now. Cluster mode routes each command by its key's slot (every key of a
-//! campaign shares the slot `{c:<id>}`), and follows MOVED after a failover.
+//! The Redis connections behind [`super::RedisStore`]: a single Redis, the primary
+//! that Sentinel names, or a Redis Cluster.
+//!
+//! Most commands go over a few long-lived *shared* multiplexed connections
+//! (`redis.shared_connections`): each call clones one, and concurrent commands are
+//! pipelined on it, so the issue path costs one round trip and no pool hand-over
+//! (deadpool-redis PINGs every connection it hands out). The deadpool pool creates
+//! those connections (with its timeouts, and the sentinels' answer of who the
+//! primary is) and lends *exclusive* connections to what must not share one: the
+//! durability mode's `WAIT` blocks its connection on the server.
+//!
+//! Sentinel mode finds the primary again after a failover: a connection that fails,
+//! times out or lands on a demoted primary (READONLY) is forgotten, and new
+//! connections ask the sentinels who the primary is now. Cluster mode routes each
+//! command by its key's slot (every key of a campaign shares the slot `{c:<id>}`),
+//! and follows MOVED after a failover.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
-use redis::aio::ConnectionLike;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use secrecy::ExposeSecret;
 
 use crate::config::RedisSettings;
 
 #[derive(Clone)]
-pub enum RedisPool {
+pub struct RedisPool {
+    pool: Pool,
+    shared: Arc<[Slot]>,
+    next: Arc<AtomicUsize>,
+}
+
+#[derive(Clone)]
+enum Pool {
     Single(deadpool_redis::Pool),
     Sentinel(deadpool_redis::sentinel::Pool),
     Cluster(deadpool_redis::cluster::Pool),
 }
 
-/// A pooled connection of either kind; returned to its pool when dropped.
+/// One shared connection: filled on first use and again after it was forgotten.
+#[derive(Default)]
+struct Slot {
+    connection: RwLock<Option<SharedConnection>>,
+    /// One task (re)connects a slot; the others wait for it.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// A multiplexed connection that many calls use at once (cloning is cheap).
+#[derive(Clone)]
+pub enum SharedConnection {
+    Plain(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+/// A connection lent to one call: a shared one, or one of the pool's own, which goes
+/// back to the pool when dropped.
 pub enum PooledConnection {
+    Shared(SharedConnection),
     Single(deadpool_redis::Connection),
     Sentinel(deadpool_redis::sentinel::Connection),
     Cluster(deadpool_redis::cluster::Connection),
@@ -56,11 +94,11 @@ impl RedisPool {
             },
             ..PoolConfig::default()
         };
-        match settings.mode.as_str() {
+        let pool = match settings.mode.as_str() {
             "single" => {
                 let mut cfg = deadpool_redis::Config::from_url(settings.url.expose_secret());
                 cfg.pool = Some(pool_config);
-                Ok(Self::Single(cfg.create_pool(Some(Runtime::Tokio1))?))
+                Pool::Single(cfg.create_pool(Some(Runtime::Tokio1))?)
             }
             "sentinel" => {
                 let mut cfg = deadpool_redis::sentinel::Config::from_urls(
@@ -69,7 +107,7 @@ impl RedisPool {
                     deadpool_redis::sentinel::SentinelServerType::Master,
                 );
                 cfg.pool = Some(pool_config);
-                Ok(Self::Sentinel(cfg.create_pool(Some(Runtime::Tokio1))?))
+                Pool::Sentinel(cfg.create_pool(Some(Runtime::Tokio1))?)
             }
             "cluster" => {
                 if settings.wait_replicas > 0 {
@@ -83,27 +121,65 @@ impl RedisPool {
                     "cluster_urls",
                 )?);
                 cfg.pool = Some(pool_config);
-                Ok(Self::Cluster(cfg.create_pool(Some(Runtime::Tokio1))?))
+                Pool::Cluster(cfg.create_pool(Some(Runtime::Tokio1))?)
             }
             other => anyhow::bail!(
                 "redis.mode = {other:?}: expected \"single\", \"sentinel\" or \"cluster\""
             ),
+        };
+        if settings.shared_connections == 0 {
+            anyhow::bail!("redis.shared_connections must be at least 1, got 0");
         }
+        Ok(Self {
+            pool,
+            shared: (0..settings.shared_connections)
+                .map(|_| Slot::default())
+                .collect(),
+            next: Arc::default(),
+        })
     }
 
+    /// A shared connection (round robin over the slots), connected on first use.
     pub async fn get(&self) -> Result<PooledConnection, String> {
-        match self {
-            Self::Single(pool) => pool
+        let slot = &self.shared[self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len()];
+        if let Some(shared) = slot.current() {
+            return Ok(PooledConnection::Shared(shared));
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(shared) = slot.current() {
+            return Ok(PooledConnection::Shared(shared));
+        }
+        // A connection of the pool's making, taken out of the pool for good.
+        let shared = match self.get_exclusive().await? {
+            PooledConnection::Single(c) => {
+                SharedConnection::Plain(deadpool_redis::Connection::take(c))
+            }
+            PooledConnection::Sentinel(c) => {
+                SharedConnection::Plain(deadpool_redis::sentinel::Connection::take(c))
+            }
+            PooledConnection::Cluster(c) => {
+                SharedConnection::Cluster(deadpool_redis::cluster::Connection::take(c))
+            }
+            PooledConnection::Shared(c) => c,
+        };
+        *slot.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
+        Ok(PooledConnection::Shared(shared))
+    }
+
+    /// A connection of the pool for this call alone (returned when dropped).
+    pub async fn get_exclusive(&self) -> Result<PooledConnection, String> {
+        match &self.pool {
+            Pool::Single(pool) => pool
                 .get()
                 .await
                 .map(PooledConnection::Single)
                 .map_err(|e| e.to_string()),
-            Self::Sentinel(pool) => pool
+            Pool::Sentinel(pool) => pool
                 .get()
                 .await
                 .map(PooledConnection::Sentinel)
                 .map_err(|e| e.to_string()),
-            Self::Cluster(pool) => pool
+            Pool::Cluster(pool) => pool
                 .get()
                 .await
                 .map(PooledConnection::Cluster)
@@ -111,33 +187,51 @@ impl RedisPool {
         }
     }
 
-    /// Drops every idle connection: after a connection error or a READONLY answer
-    /// (the primary moved), the next calls open fresh connections to the primary.
-    pub fn forget_idle(&self) {
-        match self {
-            Self::Single(pool) => drop(pool.retain(|_, _| false)),
-            Self::Sentinel(pool) => drop(pool.retain(|_, _| false)),
-            Self::Cluster(pool) => drop(pool.retain(|_, _| false)),
+    /// Forgets the shared connections and drops every idle pooled one: after a
+    /// connection error, a timeout or a READONLY answer (the primary moved), the
+    /// next calls open fresh connections to the primary.
+    pub fn forget_connections(&self) {
+        for slot in self.shared.iter() {
+            slot.connection
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
+        match &self.pool {
+            Pool::Single(pool) => drop(pool.retain(|_, _| false)),
+            Pool::Sentinel(pool) => drop(pool.retain(|_, _| false)),
+            Pool::Cluster(pool) => drop(pool.retain(|_, _| false)),
         }
     }
 
-    /// (in use, idle, max) for the `redis_pool_connections` gauge.
     /// Commands of one pipeline must share a hash slot (cluster mode).
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
+        matches!(self.pool, Pool::Cluster(_))
     }
 
+    /// (in use, idle, max) for the `redis_pool_connections` gauge: the shared
+    /// connections count as in use (they always are), and as part of the maximum.
     pub fn status(&self) -> (usize, usize, usize) {
-        let status = match self {
-            Self::Single(pool) => pool.status(),
-            Self::Sentinel(pool) => pool.status(),
-            Self::Cluster(pool) => pool.status(),
+        let status = match &self.pool {
+            Pool::Single(pool) => pool.status(),
+            Pool::Sentinel(pool) => pool.status(),
+            Pool::Cluster(pool) => pool.status(),
         };
+        let shared = self.shared.iter().filter(|s| s.current().is_some()).count();
         (
-            status.size.saturating_sub(status.available),
+            status.size.saturating_sub(status.available) + shared,
             status.available,
-            status.max_size,
+            status.max_size + self.shared.len(),
         )
+    }
+}
+
+impl Slot {
+    fn current(&self) -> Option<SharedConnection> {
+        self.connection
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -188,6 +282,8 @@ pub async fn primary_client(settings: &RedisSettings) -> redis::RedisResult<redi
 impl ConnectionLike for PooledConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
+            Self::Shared(SharedConnection::Plain(c)) => c.req_packed_command(cmd),
+            Self::Shared(SharedConnection::Cluster(c)) => c.req_packed_command(cmd),
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Sentinel(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
@@ -201,6 +297,8 @@ impl ConnectionLike for PooledConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
+            Self::Shared(SharedConnection::Plain(c)) => c.req_packed_commands(cmd, offset, count),
+            Self::Shared(SharedConnection::Cluster(c)) => c.req_packed_commands(cmd, offset, count),
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
             Self::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
@@ -209,6 +307,8 @@ impl ConnectionLike for PooledConnection {
 
     fn get_db(&self) -> i64 {
         match self {
+            Self::Shared(SharedConnection::Plain(c)) => c.get_db(),
+            Self::Shared(SharedConnection::Cluster(c)) => c.get_db(),
             Self::Single(c) => c.get_db(),
             Self::Sentinel(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),

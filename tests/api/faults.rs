@@ -242,9 +242,9 @@ async fn redis_cluster_mode_issues_relays_and_reads_across_slots() {
     }
     for &campaign in &campaigns {
         assert_eq!(app.claim(campaign, "roamer").await.status(), 201);
+        assert_problem(app.claim(campaign, "roamer").await, 409, "already-issued").await;
         assert_eq!(app.claim(campaign, "other").await.status(), 201);
         assert_problem(app.claim(campaign, "late").await, 410, "sold-out").await;
-        assert_problem(app.claim(campaign, "roamer").await, 409, "already-issued").await;
     }
     // The relay reads every outbox (one slot each) and the persister writes them all.
     for &campaign in &campaigns {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures::{stream, StreamExt};
 use serde_json::Value;
 
-use crate::helpers::{assert_problem, campaign_body, spawn_app};
+use crate::helpers::{
+    assert_problem, campaign_body, spawn_app, spawn_app_with, start_app, PrivateRedis,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn race_of_2000_shoppers_times_3_hands_out_exactly_the_stock_of_500() {
@@ -214,4 +216,36 @@ async fn public_view_shows_status_and_remaining_stock() {
         "admin figures stay private: {view}"
     );
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sold_out_campaign_answers_410_on_every_instance_without_asking_redis() {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let first = spawn_app_with(|s| s.redis.url = url.clone().into()).await;
+    let mut settings = first.settings.clone();
+    settings.relay.enabled = false;
+    settings.persister.enabled = false;
+    let second = start_app(settings, first.db.clone()).await;
+    let sold = first.open_campaign(2).await;
+    let other = first.open_campaign(2).await;
+    // Both instances are subscribed to the notices by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The second instance hands out the last coupon: it learns the sell-out from
+    // Redis and tells the first one, which never saw a sold-out answer itself.
+    assert_eq!(first.claim(sold, "a").await.status(), 201);
+    assert_eq!(second.claim(sold, "b").await.status(), 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    redis.stop();
+    // Redis is gone: a campaign that still has stock fails closed...
+    assert_problem(first.claim(other, "c").await, 503, "unavailable").await;
+    // ...while the sold-out one is answered by both instances on their own.
+    assert_problem(first.claim(sold, "c").await, 410, "sold-out").await;
+    assert_problem(second.claim(sold, "d").await, 410, "sold-out").await;
+    // A holder pressing again hears the campaign is over too; the coupon stays theirs.
+    assert_problem(first.claim(sold, "a").await, 410, "sold-out").await;
+    second.stop().await;
+    first.stop().await;
 }
