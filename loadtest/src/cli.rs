@@ -121,8 +121,8 @@ pub struct ClaimArgs {
         hide_default_value = true
     )]
     pub admin_token: String,
-    /// Number of distinct shoppers.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=20_000_000))]
+    /// Number of distinct shoppers (with --duration, only those reached take memory).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub shoppers: u64,
     /// Claims each shopper sends (the second and later answer 409 already-issued or 410).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000))]

@@ -108,18 +108,23 @@ pub struct Tally {
 }
 
 impl Ledger {
+    /// A ledger that grows with the shoppers reached (a run bounded by --duration may
+    /// reach few of very many shoppers).
     pub fn new(shoppers: u64) -> Self {
+        let reserve = shoppers.min(1 << 20) as usize;
         Ledger {
-            slots: Mutex::new(vec![Slot::default(); shoppers as usize]),
+            slots: Mutex::new(Vec::with_capacity(reserve)),
         }
     }
 
     /// Shopper `shopper` sent a claim answered with `outcome` (and `code`).
     pub fn note(&self, shopper: u64, outcome: Outcome, code: Option<String>) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(slot) = slots.get_mut(shopper as usize) else {
-            return;
-        };
+        let index = shopper as usize;
+        if slots.len() <= index {
+            slots.resize(index + 1, Slot::default());
+        }
+        let slot = &mut slots[index];
         slot.attempted = true;
         match outcome {
             Outcome::Issued => {

@@ -39,7 +39,7 @@ use crate::cli::{ClaimArgs, Cli, Command, Common, ModelKind};
 use crate::flash::{ClaimPlan, Ledger};
 use crate::http::HttpClient;
 use crate::model::{Load, Model};
-use crate::report::{FlashSummary, ModelSummary, Outcome, Recorder, Summary};
+use crate::report::{FlashSummary, ModelSummary, Outcome, Recorder, Summary, Verdict};
 use crate::scenario::{Claims, Scenario};
 use crate::verify::{Check, Figures};
 
@@ -189,6 +189,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Run> {
         checks = found;
     }
     let passed = checks.iter().all(|c| c.passed);
+    let verify = (!checks.is_empty()).then_some(Verdict { passed, checks });
     let summary = Summary {
         scenario: command.scenario().to_owned(),
         target: common.target.clone(),
@@ -196,7 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Run> {
         model: model_summary(&common),
         measured,
         flash,
-        checks,
+        verify,
         passed,
     };
 
@@ -204,8 +205,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Run> {
     if let Some(e) = recorder.first_error_message() {
         println!("first transport error: {e}\n");
     }
-    if !summary.checks.is_empty() {
-        println!("{}", report::render_checks(&summary.checks));
+    if let Some(verdict) = &summary.verify {
+        println!("{}", report::render_checks(&verdict.checks));
     }
     let json_path = out_dir.join("summary.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&summary)?)

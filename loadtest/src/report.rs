@@ -246,33 +246,33 @@ fn ms(micros: u64) -> f64 {
 /// Latency percentiles in milliseconds (from the scheduled send time in the open model).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Latency {
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub p99_9_ms: f64,
-    pub max_ms: f64,
-    pub mean_ms: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+    pub mean: f64,
 }
 
 impl Latency {
     fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Latency {
-                p50_ms: 0.0,
-                p90_ms: 0.0,
-                p99_ms: 0.0,
-                p99_9_ms: 0.0,
-                max_ms: 0.0,
-                mean_ms: 0.0,
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p99_9: 0.0,
+                max: 0.0,
+                mean: 0.0,
             };
         }
         Latency {
-            p50_ms: ms(h.value_at_quantile(0.5)),
-            p90_ms: ms(h.value_at_quantile(0.9)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            p99_9_ms: ms(h.value_at_quantile(0.999)),
-            max_ms: ms(h.max()),
-            mean_ms: h.mean() / 1000.0,
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p99_9: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
         }
     }
 }
@@ -281,6 +281,7 @@ impl Latency {
 pub struct OperationSummary {
     pub count: u64,
     pub throughput_rps: f64,
+    #[serde(rename = "latency_ms")]
     pub latency: Latency,
     pub statuses: BTreeMap<String, u64>,
 }
@@ -304,6 +305,7 @@ pub struct Measurements {
     pub dropped: u64,
     pub errors: u64,
     pub throughput_rps: f64,
+    #[serde(rename = "latency_ms")]
     pub latency: Latency,
     pub statuses: BTreeMap<String, u64>,
     pub operations: BTreeMap<String, OperationSummary>,
@@ -360,10 +362,18 @@ pub struct Summary {
     pub measured: Measurements,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flash: Option<FlashSummary>,
-    /// The invariant checks (empty when not verified).
-    pub checks: Vec<Check>,
+    /// The invariant checks, when a claim run was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verdict>,
     /// False when any check failed.
     pub passed: bool,
+}
+
+/// The checks of a verified run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub passed: bool,
+    pub checks: Vec<Check>,
 }
 
 /// The table printed at the end of a run.
@@ -410,7 +420,7 @@ pub fn render_table(s: &Summary) -> String {
         let _ = writeln!(
             out,
             "| {:<14} | {:>9} | {:>9.0} | {:>9.2} | {:>9.2} | {:>9.2} | {:>9.2} | {:>9.2} |",
-            name, count, rps, l.p50_ms, l.p90_ms, l.p99_ms, l.p99_9_ms, l.max_ms
+            name, count, rps, l.p50, l.p90, l.p99, l.p99_9, l.max
         );
     };
     for (name, op) in &m.operations {
@@ -488,11 +498,11 @@ mod tests {
         let m = rec.measurements(Duration::from_secs(2));
         assert_eq!(m.completed, 1000);
         let close = |a: f64, b: f64| (a - b).abs() <= b * 0.001 + 0.001;
-        assert!(close(m.latency.p50_ms, 500.0), "{:?}", m.latency);
-        assert!(close(m.latency.p90_ms, 900.0), "{:?}", m.latency);
-        assert!(close(m.latency.p99_ms, 990.0), "{:?}", m.latency);
-        assert!(close(m.latency.p99_9_ms, 999.0), "{:?}", m.latency);
-        assert!(close(m.latency.max_ms, 1000.0), "{:?}", m.latency);
+        assert!(close(m.latency.p50, 500.0), "{:?}", m.latency);
+        assert!(close(m.latency.p90, 900.0), "{:?}", m.latency);
+        assert!(close(m.latency.p99, 990.0), "{:?}", m.latency);
+        assert!(close(m.latency.p99_9, 999.0), "{:?}", m.latency);
+        assert!(close(m.latency.max, 1000.0), "{:?}", m.latency);
         assert!(close(m.throughput_rps, 500.0));
     }
 
@@ -554,7 +564,7 @@ mod tests {
             },
             measured: rec.measurements(Duration::from_secs(1)),
             flash: None,
-            checks: vec![],
+            verify: None,
             passed: true,
         };
         let table = render_table(&summary);
@@ -564,5 +574,6 @@ mod tests {
         let json = serde_json::to_value(&summary).unwrap();
         assert_eq!(json["statuses"]["429 rate-limited"], 1);
         assert_eq!(json["model"]["kind"], "closed");
+        assert!(json["latency_ms"]["p99"].is_number(), "{json}");
     }
 }

@@ -40,7 +40,7 @@ async fn a_flash_burst_issues_exactly_the_stock_and_passes_every_check() {
 
     let run = ::loadtest::run(cli).await.expect("the load test runs");
 
-    assert_eq!(run.exit_code, 0, "checks: {:#?}", run.summary.checks);
+    assert_eq!(run.exit_code, 0, "checks: {:#?}", run.summary.verify);
     let summary: Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json"))
             .expect("summary.json is JSON");
@@ -49,6 +49,7 @@ async fn a_flash_burst_issues_exactly_the_stock_and_passes_every_check() {
     assert_eq!(summary["statuses"]["201 issued"], 100, "{summary:#}");
     assert_eq!(summary["completed"], 600, "{summary:#}");
     assert_eq!(summary["passed"], true, "{summary:#}");
+    assert_eq!(summary["verify"]["passed"], true, "{summary:#}");
     assert!(out.join("chart.png").exists());
     let _ = std::fs::remove_dir_all(&out);
     app.stop().await;
