@@ -75,8 +75,9 @@ impl TopProducts {
         self.l1.invalidate_all();
     }
 
-    /// The top `limit` products over `days`, and where they came from.
-    pub async fn top(&self, limit: u32, days: u32) -> Result<(TopSnapshot, Source), Unavailable> {
+    /// The snapshot of the top products over `days` (all `TOP_MAX_LIMIT` of them,
+    /// shared, not copied: the caller shows the first `limit`), and where it came from.
+    pub async fn top(&self, days: u32) -> Result<(Arc<TopSnapshot>, Source), Unavailable> {
         let entry = self
             .l1
             .entry(days)
@@ -105,9 +106,7 @@ impl TopProducts {
                 }
             }
         };
-        let mut answer = (*loaded).clone();
-        answer.products.truncate(limit as usize);
-        Ok((answer, source))
+        Ok((loaded, source))
     }
 
     /// L1 miss: the Redis snapshot, else the guarded MySQL query. One per key at a

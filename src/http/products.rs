@@ -14,11 +14,12 @@ pub struct TopQuery {
     days: Option<String>,
 }
 
+/// Borrows the first `limit` products of the cached snapshot: nothing is copied.
 #[derive(Serialize, ToSchema)]
-pub struct TopProducts {
+pub struct TopProducts<'a> {
     pub window_days: u32,
     pub generated_at: DateTime<Utc>,
-    pub products: Vec<TopProduct>,
+    pub products: &'a [TopProduct],
 }
 
 /// Best sellers over the last `days` UTC days (ties by product id).
@@ -45,15 +46,16 @@ pub async fn top(
         .map_err(ApiError::Invalid)?;
     let (snapshot, source) = state
         .top_products
-        .top(limit, days)
+        .top(days)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string(), state.retry_after_secs))?;
+    let shown = snapshot.products.len().min(limit as usize);
     Ok(HttpResponse::Ok()
         .insert_header(("X-Data-Source", source.as_str()))
         .json(TopProducts {
             window_days: snapshot.window_days,
             generated_at: snapshot.generated_at,
-            products: snapshot.products,
+            products: &snapshot.products[..shown],
         }))
 }
 
