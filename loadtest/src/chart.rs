@@ -54,7 +54,7 @@ fn draw_with(
         root
     };
     let (top, bottom) = root.split_vertically(390);
-    let seconds = timeline.len().max(1) as u64;
+    let seconds = timeline.last().map_or(1, |s| s.second.max(1));
     let max_rps = timeline
         .iter()
         .map(|s| s.completed)

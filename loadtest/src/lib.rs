@@ -176,10 +176,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<Run> {
     let scenario = Arc::new(scenario);
     let expected = load.expected_requests(model::Workload::total(scenario.as_ref()));
     let progress = Progress::start(&common, &load, expected, recorder.clone());
-    model::drive(scenario, &load, start).await;
+    let stop = Arc::new(model::Stop::default());
+    let on_ctrl_c = tokio::spawn(stop_on_ctrl_c(stop.clone()));
+    model::drive(scenario, &load, start, stop.clone()).await;
+    on_ctrl_c.abort();
     let elapsed = start.elapsed();
     progress.finish().await;
     let measured = recorder.measurements(elapsed);
+    if stop.is_triggered() {
+        eprintln!("stopped early (Ctrl-C): reporting and verifying what was sent");
+    }
 
     let mut checks = Vec::new();
     let mut flash = None;
@@ -195,6 +201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Run> {
         target: common.target.clone(),
         started_at,
         model: model_summary(&common),
+        stopped_early: stop.is_triggered(),
         measured,
         flash,
         verify,
@@ -238,6 +245,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<Run> {
         out_dir,
         exit_code,
     })
+}
+
+/// The first Ctrl-C stops sending (the run still reports and verifies); the second
+/// exits at once.
+async fn stop_on_ctrl_c(stop: Arc<model::Stop>) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!(
+            "\nCtrl-C: no more requests; waiting for the answers in flight (Ctrl-C again to quit)"
+        );
+        stop.trigger();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    }
 }
 
 fn model_summary(common: &Common) -> ModelSummary {

@@ -9,11 +9,11 @@
 //! - **closed**: `concurrency` workers, each sends its next request when the previous
 //!   one answered; latency is measured from the actual send.
 //!
-//! Both stop at the workload's total or at `duration`, whichever comes first, and then
-//! wait for the requests in flight.
+//! Both stop at the workload's total, at `duration`, or when [`Stop`] is triggered
+//! (Ctrl-C), whichever comes first, and then wait for the requests in flight.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,36 @@ pub trait Workload: Send + Sync + 'static {
     fn call(&self, k: u64, intended: Instant) -> impl Future<Output = ()> + Send;
     /// Counts an open-model arrival dropped because too many were in flight.
     fn dropped(&self, k: u64);
+}
+
+/// Stops sending early (Ctrl-C); the answers of requests in flight are still awaited.
+#[derive(Default)]
+pub struct Stop {
+    stopped: AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    pub fn trigger(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Sleeps until `at`; false when stopped first.
+    async fn sleep_until(&self, at: Instant) -> bool {
+        let notified = self.notify.notified();
+        if self.is_triggered() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => !self.is_triggered(),
+            _ = notified => false,
+        }
+    }
 }
 
 /// The load model with its figures, checked.
@@ -121,19 +151,26 @@ pub fn worker_start(w: u32, workers: u32, ramp: Duration) -> Duration {
     ramp.mul_f64(f64::from(w) / f64::from(workers))
 }
 
-/// Runs `work` under `load` from `start`; returns when every sent request answered.
-pub async fn drive<W: Workload>(work: Arc<W>, load: &Load, start: Instant) {
+/// Runs `work` under `load` from `start` until done or `stop`; returns when every
+/// sent request answered.
+pub async fn drive<W: Workload>(work: Arc<W>, load: &Load, start: Instant, stop: Arc<Stop>) {
     match load.model {
-        Model::Closed { concurrency } => run_closed(work, load, concurrency, start).await,
+        Model::Closed { concurrency } => run_closed(work, load, concurrency, start, stop).await,
         Model::Open {
             rate,
             connections,
             max_in_flight,
-        } => run_open(work, load, rate, connections, max_in_flight, start).await,
+        } => run_open(work, load, (rate, connections, max_in_flight), start, stop).await,
     }
 }
 
-async fn run_closed<W: Workload>(work: Arc<W>, load: &Load, workers: u32, start: Instant) {
+async fn run_closed<W: Workload>(
+    work: Arc<W>,
+    load: &Load,
+    workers: u32,
+    start: Instant,
+    stop: Arc<Stop>,
+) {
     let next = Arc::new(AtomicU64::new(0));
     let deadline = load.duration.map(|d| start + d);
     let total = work.total();
@@ -142,11 +179,14 @@ async fn run_closed<W: Workload>(work: Arc<W>, load: &Load, workers: u32, start:
         let work = work.clone();
         let next = next.clone();
         let begin = start + worker_start(w, workers, load.ramp);
+        let stop = stop.clone();
         handles.push(tokio::spawn(async move {
-            tokio::time::sleep_until(begin).await;
+            if !stop.sleep_until(begin).await {
+                return;
+            }
             loop {
                 let now = Instant::now();
-                if deadline.is_some_and(|d| now >= d) {
+                if deadline.is_some_and(|d| now >= d) || stop.is_triggered() {
                     break;
                 }
                 let k = next.fetch_add(1, Ordering::Relaxed);
@@ -165,10 +205,9 @@ async fn run_closed<W: Workload>(work: Arc<W>, load: &Load, workers: u32, start:
 async fn run_open<W: Workload>(
     work: Arc<W>,
     load: &Load,
-    rate: f64,
-    connections: u32,
-    max_in_flight: u32,
+    (rate, connections, max_in_flight): (f64, u32, u32),
     start: Instant,
+    stop: Arc<Stop>,
 ) {
     let connections = Arc::new(Semaphore::new(connections as usize));
     let in_flight = Arc::new(AtomicU64::new(0));
@@ -184,8 +223,11 @@ async fn run_open<W: Workload>(
             break;
         }
         let due = start + offset;
-        if due > Instant::now() {
-            tokio::time::sleep_until(due).await;
+        if due > Instant::now() && !stop.sleep_until(due).await {
+            break;
+        }
+        if stop.is_triggered() {
+            break;
         }
         if in_flight.load(Ordering::Acquire) >= u64::from(max_in_flight) {
             work.dropped(k);
@@ -337,7 +379,13 @@ mod tests {
     async fn open_model_latency_counts_from_the_scheduled_time() {
         // Answers take 50 ms, arrivals are 1 ms apart: the due times stay on schedule.
         let work = fake(Some(100), Duration::from_millis(50), None);
-        drive(work.clone(), &open(1_000.0, 1_000, 1_000), work.start).await;
+        drive(
+            work.clone(),
+            &open(1_000.0, 1_000, 1_000),
+            work.start,
+            Arc::default(),
+        )
+        .await;
         let mut due = work.due.lock().unwrap().clone();
         due.sort();
         assert_eq!(due.len(), 100);
@@ -351,9 +399,15 @@ mod tests {
         let work = fake(Some(100), Duration::ZERO, Some(gate.clone()));
         let driver = {
             let work = work.clone();
-            tokio::spawn(
-                async move { drive(work.clone(), &open(10_000.0, 10, 20), work.start).await },
-            )
+            tokio::spawn(async move {
+                drive(
+                    work.clone(),
+                    &open(10_000.0, 10, 20),
+                    work.start,
+                    Arc::default(),
+                )
+                .await
+            })
         };
         for _ in 0..2_000 {
             if work.dropped.load(Ordering::Relaxed) >= 80 {
@@ -377,10 +431,34 @@ mod tests {
             duration: None,
             ramp: Duration::ZERO,
         };
-        drive(work.clone(), &load, work.start).await;
+        drive(work.clone(), &load, work.start, Arc::default()).await;
         let mut ks: Vec<u64> = work.due.lock().unwrap().iter().map(|d| d.0).collect();
         ks.sort();
         assert_eq!(ks, (0..250).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_an_open_run_and_waits_for_the_answers() {
+        let work = fake(None, Duration::from_millis(10), None);
+        let stop = Arc::new(Stop::default());
+        let driver = {
+            let (work, stop) = (work.clone(), stop.clone());
+            tokio::spawn(async move {
+                drive(work.clone(), &open(100.0, 10, 100), work.start, stop).await
+            })
+        };
+        while work.due.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.trigger();
+        driver.await.unwrap();
+        let sent = work.due.lock().unwrap().len();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            work.due.lock().unwrap().len(),
+            sent,
+            "nothing sent after the stop"
+        );
     }
 
     #[tokio::test]
@@ -391,7 +469,7 @@ mod tests {
             duration: Some(Duration::from_millis(200)),
             ramp: Duration::ZERO,
         };
-        drive(work.clone(), &load, work.start).await;
+        drive(work.clone(), &load, work.start, Arc::default()).await;
         assert!(work.due.lock().unwrap().len() >= 2);
     }
 }

@@ -358,6 +358,8 @@ pub struct Summary {
     pub target: String,
     pub started_at: String,
     pub model: ModelSummary,
+    /// Sending was stopped by Ctrl-C before the end.
+    pub stopped_early: bool,
     #[serde(flatten)]
     pub measured: Measurements,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -562,6 +564,7 @@ mod tests {
                 ramp_secs: 0.0,
                 duration_secs: None,
             },
+            stopped_early: false,
             measured: rec.measurements(Duration::from_secs(1)),
             flash: None,
             verify: None,
