@@ -112,7 +112,8 @@ pub struct Common {
 /// The campaign, the shoppers and the checks of a claim workload.
 #[derive(Debug, Clone, Args)]
 pub struct ClaimArgs {
-    /// Admin token (Bearer) for creating and reading the campaign.
+    /// Admin token (Bearer) for creating and reading the campaign [default: the local
+    /// service's change-me-local-admin-token].
     #[arg(
         long,
         env = "LOADTEST_ADMIN_TOKEN",
@@ -134,7 +135,8 @@ pub struct ClaimArgs {
     /// Use this existing campaign instead of creating one (open now, for 1 h).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub campaign: Option<u64>,
-    /// MySQL of the service, for the checks.
+    /// MySQL of the service, for the checks [default: the local stack's flashcoupon
+    /// database, mysql://flashcoupon:***@127.0.0.1:3306/flashcoupon].
     #[arg(long, default_value = DEFAULT_MYSQL_URL, hide_default_value = true)]
     pub mysql_url: String,
     /// How long to wait for the outbox and the persister to drain before judging.
