@@ -11,8 +11,9 @@ use futures::{stream, StreamExt};
 use serde_json::Value;
 
 use crate::helpers::{
-    flashcoupon_command, free_port, isolated_settings, prepare_database, spawn_app_with, start_app,
-    wait_for_port, LatencyProxy, PrivateMariaDb, PrivateRedis, PrivateSentinel, Process,
+    flashcoupon_command, flush_prefix, free_port, isolated_settings, prepare_database,
+    spawn_app_with, start_app, wait_for_port, LatencyProxy, PrivateBroker, PrivateMariaDb,
+    PrivateRedis, PrivateSentinel, Process, ADMIN_TOKEN,
 };
 
 const STOCK: i64 = 2_000;
@@ -421,6 +422,362 @@ async fn chaos_mariadb_killed() {
         &judge(&app.db, campaign, &answers, fault).await,
     );
     app.stop().await;
+}
+
+/// The invariants every scenario must keep, whatever the fault.
+fn assert_invariants(name: &str, row: &Row) {
+    assert_eq!(
+        (row.lost, row.duplicates, row.oversold),
+        (0, 0, 0),
+        "{name}: lost, duplicates, oversold"
+    );
+    assert!(row.acknowledged > 0, "{name}: nothing was acknowledged");
+    assert_eq!(row.persisted, row.acknowledged as i64, "{name}: persisted");
+}
+
+/// The value of the exposition line `name{...}` whose labels contain every one of
+/// `labels` (0 when absent).
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make chaos"]
+async fn chaos_broker_down_60s() {
+    let broker = PrivateBroker::start().await;
+    let brokers = broker.address();
+    let broker = tokio::sync::Mutex::new(broker);
+    let app = spawn_app_with(|s| s.kafka.brokers = brokers.clone()).await;
+    let campaign = app.open_campaign(STOCK).await;
+    let kill_at = Duration::from_secs(2);
+    let figures = || async {
+        let f = app.admin_get(campaign).await;
+        (
+            f["issued"].as_i64().unwrap(),
+            f["pending_events"].as_i64().unwrap(),
+        )
+    };
+    let restarted = Mutex::new(None::<Instant>);
+    let fault = with_fault(
+        app.address.clone(),
+        campaign,
+        kill_at,
+        Duration::from_secs(60),
+        async { broker.lock().await.stop() },
+        async {
+            // The local Tansu keeps everything in memory: it comes back without the
+            // topics, the messages, the group's offsets or the producers' state. The
+            // relay and the persister find the topic again by themselves (the broker
+            // creates it on first use), as in
+            // `faults::broker_down_keeps_claims_answering_and_every_coupon_reaches_mysql_once`.
+            broker.lock().await.restart().await;
+            *restarted.lock().unwrap() = Some(Instant::now());
+        },
+    );
+    // A moment after the kill nothing moves any more: what the broker had
+    // acknowledged but the persister had not written yet is all it can lose.
+    let at_kill = async {
+        tokio::time::sleep(kill_at + Duration::from_secs(2)).await;
+        let (issued, pending) = figures().await;
+        let persisted = app.db.persisted_count(campaign).await.unwrap();
+        (issued - pending - persisted, pending)
+    };
+    let ((answers, fault), (at_risk, _)) = tokio::join!(fault, at_kill);
+    // The outbox (everything issued during the outage) drains into the new broker
+    // and on into MySQL.
+    let (issued, _) = figures().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut persisted = app.db.persisted_count(campaign).await.unwrap();
+    while persisted < issued - at_risk && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        persisted = app.db.persisted_count(campaign).await.unwrap();
+    }
+    let drained = restarted.lock().unwrap().expect("restarted").elapsed();
+    let (_, held_after) = figures().await;
+    assert!(
+        persisted >= issued - at_risk,
+        "only {persisted} of {issued} coupons in MySQL {drained:?} after the restart ({at_risk} at risk)"
+    );
+    // What died with the broker's memory is what the reconcile finds missing;
+    // `reconcile --repair` (the alert's runbook step) puts it back into the outbox,
+    // and the persister's idempotent insert makes any second delivery a no-op.
+    let lost_by_broker = issued - persisted;
+    assert!(lost_by_broker <= at_risk, "{lost_by_broker} > {at_risk}");
+    let repair = flashcoupon_command(
+        &app.settings,
+        &["reconcile", "--campaign", &campaign.to_string(), "--repair"],
+    )
+    .env("FLASHCOUPON__RECONCILE__GRACE_SECS", "0")
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&repair.stdout).into_owned();
+    assert!(repair.status.success(), "{text}");
+    let reenqueued: i64 = text
+        .split_once(" coupon(s) put back into the outbox")
+        .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(reenqueued, lost_by_broker, "{text}");
+    let row = judge(&app.db, campaign, &answers, fault).await;
+    let name = format!(
+        "Kafka broker killed (kill -9) for 60 s, restarted empty (in-memory Tansu): outbox drained into MySQL {:.0} s after the restart; {lost_by_broker} events the broker had acknowledged but not yet handed to the persister died with it, put back by `reconcile --repair`",
+        drained.as_secs_f64()
+    );
+    print(&name, &row);
+    assert_invariants(&name, &row);
+    assert_eq!(
+        row.errors_in_fault, 0,
+        "claims failed while the broker was down"
+    );
+    assert_eq!(held_after, 0, "outbox not drained");
+    assert_eq!(app.admin_get(campaign).await["pending_events"], 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make chaos"]
+async fn chaos_mariadb_pool_exhausted_by_slow_queries() {
+    use secrecy::ExposeSecret;
+    const POOL: u32 = 3;
+    const HOLD: u64 = 10;
+    let app = spawn_app_with(|s| s.database.max_connections = POOL).await;
+    let campaign = app.open_campaign(STOCK).await;
+    let url = app.settings.database.url.expose_secret().to_owned();
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let running = std::sync::atomic::AtomicBool::new(false);
+    let locker = Mutex::new(None::<Process>);
+    // The slow queries: another session holds write locks on the service's tables for
+    // HOLD s, so every statement of the service waits on them holding its pooled
+    // connection (the persister's inserts, the refresher, and the marketing console
+    // polling the admin views), until the pool of POOL connections is exhausted.
+    let lock = format!(
+        "LOCK TABLES issued_coupon WRITE, campaign WRITE, product_daily_sales WRITE; \
+         SELECT SLEEP({HOLD}); UNLOCK TABLES;"
+    );
+    let pollers = async {
+        while !running.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .unwrap();
+        let statuses = Arc::new(Mutex::new(HashMap::<(&str, u16), usize>::new()));
+        let mut max_in_use = 0.0f64;
+        let poll = |path: String, admin: bool| {
+            let client = client.clone();
+            let statuses = statuses.clone();
+            let base = app.address.clone();
+            let running = &running;
+            async move {
+                while running.load(std::sync::atomic::Ordering::SeqCst) {
+                    let mut request = client.get(format!("{base}{path}"));
+                    if admin {
+                        request = request.bearer_auth(ADMIN_TOKEN);
+                    }
+                    let status = request.send().await.map_or(0, |r| r.status().as_u16());
+                    let kind = if admin { "admin" } else { "public" };
+                    *statuses.lock().unwrap().entry((kind, status)).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let sampler = async {
+            while running.load(std::sync::atomic::Ordering::SeqCst) {
+                let text = app.metrics_text().await;
+                max_in_use = max_in_use.max(metric(&text, "db_pool_connections", &["\"in_use\""]));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        let admin = format!("/admin/v1/campaigns/{campaign}");
+        let public = format!("/api/v1/campaigns/{campaign}");
+        tokio::join!(
+            futures::future::join_all(
+                (0..4)
+                    .map(|_| poll(admin.clone(), true))
+                    .chain((0..4).map(|_| poll(public.clone(), false))),
+            ),
+            sampler
+        );
+        let statuses = statuses.lock().unwrap().clone();
+        (statuses, max_in_use)
+    };
+    let fault = with_fault(
+        app.address.clone(),
+        campaign,
+        Duration::from_secs(2),
+        Duration::from_secs(HOLD),
+        async {
+            let mut cmd = std::process::Command::new("mariadb");
+            cmd.args(["-h127.0.0.1", "-P3306", "-uflashcoupon", "-pflashcoupon"])
+                .arg(&database)
+                .arg("-e")
+                .arg(&lock);
+            *locker.lock().unwrap() = Some(Process::spawn(&mut cmd));
+            running.store(true, std::sync::atomic::Ordering::SeqCst);
+        },
+        async {
+            // Healed when the other session lets go of its locks.
+            let mut process = locker.lock().unwrap().take().expect("locker");
+            let done = tokio::task::spawn_blocking(move || process.wait(Duration::from_secs(30)))
+                .await
+                .unwrap();
+            assert!(done, "the locking session did not finish");
+            running.store(false, std::sync::atomic::Ordering::SeqCst);
+        },
+    );
+    let ((answers, fault), (statuses, max_in_use)) = tokio::join!(fault, pollers);
+    let row = judge(&app.db, campaign, &answers, fault).await;
+    let timeouts = metric(&app.metrics_text().await, "db_pool_timeouts_total", &[]);
+    let mut seen: Vec<((&str, u16), usize)> = statuses.into_iter().collect();
+    seen.sort_unstable();
+    let seen = seen
+        .iter()
+        .map(|((kind, status), n)| format!("{kind} {status} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let name = format!(
+        "MariaDB pool exhausted by slow queries ({POOL} connections, tables locked {HOLD} s): pool in use {max_in_use}/{POOL}, {timeouts} acquire timeouts; campaign views during fault: {seen}"
+    );
+    print(&name, &row);
+    assert_invariants(&name, &row);
+    assert_eq!(row.errors_in_fault, 0, "claims need Redis only");
+    assert_eq!(max_in_use, f64::from(POOL), "the pool never filled up");
+    app.stop().await;
+}
+
+/// Top-products requests of the home page, `count` of them at `concurrency`, with a
+/// few different keys (limit, days): the answers' status and `X-Data-Source`.
+async fn top_products_load(
+    base: String,
+    count: usize,
+    concurrency: usize,
+) -> Vec<(u16, String, usize)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            let url = format!(
+                "{base}/api/v1/products/top?limit={}&days={}",
+                5 + i % 3 * 5,
+                1 + i % 3
+            );
+            async move {
+                match client.get(url).send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let source = r
+                            .headers()
+                            .get("x-data-source")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned();
+                        let body: Value = r.json().await.unwrap_or_default();
+                        let products = body["products"].as_array().map_or(0, Vec::len);
+                        (status, source, products)
+                    }
+                    Err(_) => (0, "-".to_owned(), 0),
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make chaos"]
+async fn chaos_cold_start_of_every_cache() {
+    use flashcoupon::domain::{Discount, DiscountKind, NewCampaign};
+    let mut settings = isolated_settings();
+    settings.server.port = free_port();
+    let db = prepare_database(&settings).await;
+    // A catalogue with sales, so the home page has best sellers to show.
+    let seeded = flashcoupon_command(&settings, &["seed-demo"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(seeded.success());
+    // The campaign exists in MySQL; the service instance that created it is gone.
+    let store = flashcoupon::store::RedisStore::new(&settings.redis).unwrap();
+    let now = chrono::Utc::now();
+    let created = flashcoupon::issuance::IssuanceService::new(store, db.clone())
+        .create(NewCampaign {
+            name: "Cold start".into(),
+            total_quantity: STOCK,
+            starts_at: now - chrono::Duration::seconds(60),
+            ends_at: now + chrono::Duration::hours(1),
+            discount: Discount {
+                kind: DiscountKind::Percent,
+                value: 30.into(),
+            },
+            coupon_valid_days: 7,
+        })
+        .await
+        .unwrap();
+    let campaign = created.campaign.id;
+    // Every cache cold: Redis holds nothing of this service (no armed campaign, no
+    // top-products snapshot, no refresher lease), and a new process has an empty
+    // L1 and campaign cache.
+    assert!(flush_prefix(&settings).await > 0);
+    let server = Process::spawn(&mut flashcoupon_command(&settings, &["serve"]));
+    wait_for_port(settings.server.port, Duration::from_secs(30)).await;
+    let base = format!("http://127.0.0.1:{}", settings.server.port);
+    // The burst and the home page arrive the moment the port opens.
+    let ((answers, fault), tops) = tokio::join!(
+        with_fault(
+            base.clone(),
+            campaign,
+            Duration::ZERO,
+            Duration::from_secs(3),
+            async {},
+            async {},
+        ),
+        top_products_load(base.clone(), 3_000, 40),
+    );
+    let row = judge(&db, campaign, &answers, fault).await;
+    let mut by_source: HashMap<&str, usize> = HashMap::new();
+    let mut failed: HashMap<u16, usize> = HashMap::new();
+    for (status, source, _) in &tops {
+        if *status == 200 {
+            *by_source.entry(source.as_str()).or_default() += 1;
+        } else {
+            *failed.entry(*status).or_default() += 1;
+        }
+    }
+    let mut sources: Vec<String> = by_source.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    sources.sort();
+    let mut errors: Vec<String> = failed.iter().map(|(s, n)| format!("{s} x{n}")).collect();
+    errors.sort();
+    let name = format!(
+        "cold start of every cache (new process, Redis keys flushed, L1 empty), burst at once; top products: {} requests, errors [{}], sources {}",
+        tops.len(),
+        errors.join(", "),
+        sources.join(", ")
+    );
+    print(&name, &row);
+    assert_invariants(&name, &row);
+    assert!(
+        tops.iter()
+            .filter(|(status, ..)| *status == 200)
+            .all(|(_, _, products)| *products > 0),
+        "a top-products answer without products"
+    );
+    server.signal("TERM");
+    let mut server = server;
+    tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(20)))
+        .await
+        .unwrap();
 }
 
 fn signal(pid: &str, name: &str) {

@@ -607,6 +607,14 @@ pub fn flashcoupon_command(settings: &Settings, args: &[&str]) -> Command {
             "FLASHCOUPON__KAFKA__PERSISTER_GROUP",
             &settings.kafka.persister_group,
         )
+        .env(
+            "FLASHCOUPON__CATALOG__ORDERS_TOPIC",
+            &settings.catalog.orders_topic,
+        )
+        .env(
+            "FLASHCOUPON__CATALOG__ORDERS_GROUP",
+            &settings.catalog.orders_group,
+        )
         .env("FLASHCOUPON__ADMIN__TOKEN", ADMIN_TOKEN)
         .env(
             "FLASHCOUPON__LIMITS__ENABLED",
@@ -614,6 +622,42 @@ pub fn flashcoupon_command(settings: &Settings, args: &[&str]) -> Command {
         )
         .env("FLASHCOUPON__LOG__FILTER", "warn");
     cmd
+}
+
+/// Deletes every Redis key of the test's prefix (campaigns, outboxes, snapshots,
+/// leases): Redis as a fresh or restarted-empty instance would be, for this test
+/// alone. Returns how many keys were deleted.
+pub async fn flush_prefix(settings: &Settings) -> usize {
+    use secrecy::ExposeSecret;
+    let client = redis::Client::open(settings.redis.url.expose_secret()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("{}*", settings.redis.key_prefix);
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    for chunk in keys.chunks(500) {
+        let _: () = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    keys.len()
 }
 
 /// A MariaDB server of this test alone: its own datadir and port.
