@@ -3,7 +3,8 @@
 //! Kafka) and MySQL. [`compare`] is the pure rule; [`Reconciler`] reads the stores,
 //! exports `reconcile_differences`, and repairs: coupons missing from MySQL are put
 //! back into the outbox, coupons Redis lost are restored into Redis. The service
-//! runs [`run_periodic`]; on-call runs `flashcoupon reconcile`.
+//! runs [`run_periodic`] (which also re-arms live campaigns Redis lost entirely);
+//! on-call runs `flashcoupon reconcile`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Campaign, CampaignId, Coupon};
-use crate::issuance::ServiceError;
+use crate::issuance::{IssuanceService, ServiceError};
 use crate::persistence::Database;
 use crate::store::RedisStore;
 use crate::telemetry::metrics;
@@ -131,11 +132,31 @@ pub struct Reconciler {
     store: RedisStore,
     db: Database,
     grace: Duration,
+    /// Re-arms campaigns Redis lost entirely, by the start-up rule.
+    issuance: IssuanceService,
 }
 
 impl Reconciler {
     pub fn new(store: RedisStore, db: Database, grace: Duration) -> Self {
-        Self { store, db, grace }
+        let issuance = IssuanceService::new(store.clone(), db.clone());
+        Self {
+            store,
+            db,
+            grace,
+            issuance,
+        }
+    }
+
+    /// Live campaigns whose keys Redis lost entirely (a restart without persistence,
+    /// a flushed database) are armed again from MySQL: holders first, then the
+    /// issued counter, so given-away stock is never handed out again. Returns how
+    /// many had to be armed. Until this runs such a campaign answers 503.
+    pub async fn rearm_lost_campaigns(&self) -> Result<usize, ServiceError> {
+        let armed = self.issuance.arm_live_campaigns().await?;
+        if armed > 0 {
+            tracing::warn!(armed, "reconcile: re-armed campaigns redis had lost");
+        }
+        Ok(armed)
     }
 
     /// Reads Redis, the outbox and MySQL for one campaign and compares them.
@@ -246,10 +267,11 @@ impl Reconciler {
     }
 }
 
-/// The service's scheduled pass: every `interval`, checks recent campaigns, exports
-/// the gauges and, where Redis is behind MySQL, catches Redis up at once (stock
-/// given away must never be handed out again). Missing MySQL rows are only
-/// reported: the alert sends on-call to `flashcoupon reconcile --repair`.
+/// The service's scheduled pass: every `interval`, re-arms live campaigns Redis lost
+/// entirely, checks recent campaigns, exports the gauges and, where Redis is behind
+/// MySQL, catches Redis up at once (stock given away must never be handed out
+/// again). Missing MySQL rows are only reported: the alert sends on-call to
+/// `flashcoupon reconcile --repair`.
 pub async fn run_periodic(
     reconciler: Reconciler,
     interval: Duration,
@@ -262,6 +284,9 @@ pub async fn run_periodic(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if let Err(err) = reconciler.rearm_lost_campaigns().await {
+            tracing::warn!(error = %err, "reconcile: re-arm of lost campaigns failed");
         }
         let campaigns = match reconciler.recent_campaigns(lookback).await {
             Ok(campaigns) => campaigns,

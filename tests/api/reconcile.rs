@@ -188,3 +188,64 @@ async fn reconcile_reports_differences_and_repair_fixes_both_sides() {
     assert!(text.contains("zero"), "{text}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_scheduled_pass_rearms_a_live_campaign_redis_lost_entirely() {
+    let app = spawn_app_with(|s| {
+        s.reconcile.interval_secs = 1;
+        s.reconcile.grace_secs = 0;
+    })
+    .await;
+    let campaign = app.open_campaign(5).await;
+    let first = coupon_code(&app, campaign, "first").await;
+    let second = coupon_code(&app, campaign, "second").await;
+    assert_eq!(
+        app.wait_persisted(campaign, 2, Duration::from_secs(60))
+            .await,
+        2
+    );
+
+    // Redis loses everything of this service (a restart without persistence):
+    // meta, holders, outbox and the set of armed campaigns.
+    let deleted = crate::helpers::flush_prefix(&app.settings).await;
+    assert!(deleted >= 3, "only {deleted} key(s) deleted");
+
+    // Nobody runs `campaign arm`. Until the scheduled pass re-arms it the holder is
+    // refused (503, fail closed), never given a fresh coupon; then the holder gets
+    // the same coupon back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let again = loop {
+        let response = app.claim(campaign, "first").await;
+        match response.status().as_u16() {
+            503 => {
+                assert_problem(response, 503, "unavailable").await;
+            }
+            409 => break assert_problem(response, 409, "already-issued").await,
+            other => panic!("holder answered {other} while the campaign was lost"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduled pass never re-armed the campaign"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(again["coupon"]["coupon_code"], first.as_str());
+    let again = assert_problem(app.claim(campaign, "second").await, 409, "already-issued").await;
+    assert_eq!(again["coupon"]["coupon_code"], second.as_str());
+
+    // The stock did not grow back: 5 - 2 = 3 more, then sold out.
+    for user in ["third", "fourth", "fifth"] {
+        assert_eq!(app.claim(campaign, user).await.status(), 201, "{user}");
+    }
+    assert_problem(app.claim(campaign, "sixth").await, 410, "sold-out").await;
+    let figures = app.admin_get(campaign).await;
+    assert_eq!(figures["issued"], 5, "{figures}");
+    assert_eq!(figures["remaining"], 0, "{figures}");
+    // The relay finds the re-armed campaign again: the new coupons reach MySQL.
+    assert_eq!(
+        app.wait_persisted(campaign, 5, Duration::from_secs(60))
+            .await,
+        5
+    );
+    app.stop().await;
+}
