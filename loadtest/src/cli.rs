@@ -107,6 +107,10 @@ pub struct Common {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Do not open the connections before the clock starts: the first second then
+    /// also measures TCP set-up of every connection at once.
+    #[arg(long)]
+    pub cold_connections: bool,
 }
 
 /// The campaign, the shoppers and the checks of a claim workload.

@@ -91,6 +91,23 @@ impl HttpClient {
         }
     }
 
+    /// Opens `connections` connections (one GET /health/live on each, all at once)
+    /// so they wait idle in the pool when the clock starts. Answers how many opened.
+    pub async fn warm_up(&self, connections: usize) -> anyhow::Result<usize> {
+        let uri = self.uri("/health/live")?;
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..connections {
+            let client = self.clone();
+            let request = Request::get(uri.clone()).body(Full::default())?;
+            calls.spawn(async move { client.send(request).await.is_ok() });
+        }
+        let mut opened = 0;
+        while let Some(done) = calls.join_next().await {
+            opened += usize::from(matches!(done, Ok(true)));
+        }
+        Ok(opened)
+    }
+
     /// A JSON call (admin or health), with the bearer `token` if given.
     pub async fn json(
         &self,

@@ -137,6 +137,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<Run> {
         _ => None,
     };
 
+    if !common.cold_connections {
+        let opened = client.warm_up(pool).await?;
+        if opened < pool {
+            eprintln!("warning: opened {opened} of {pool} connections before the start");
+        }
+    }
     let started_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
     let start = Instant::now();
     let recorder = Arc::new(Recorder::new(start));
