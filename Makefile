@@ -1,7 +1,7 @@
 # flashcoupon: the two commands a newcomer needs.
 #   make run    local stack up, migrate, demo campaign, serve on 127.0.0.1:8080
 #   make test   local stack up, then every check and test
-.PHONY: run test stack lint nextest tools observability fuzz chaos clean-test-data help
+.PHONY: run test stack lint nextest tools observability fuzz chaos bench clean-test-data help
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -12,6 +12,7 @@ help:
 	@echo "make test  - start the stack, then fmt, clippy and every test (unit and integration)"
 	@echo "make fuzz  - schemathesis against /openapi.json of a running service (part of make test)"
 	@echo "make chaos - the fault suite: a flash burst per fault scenario, one table line each"
+	@echo "make bench - ceilings (redis-benchmark, /health/live) and the service side by side, with ratios"
 
 stack:
 	scripts/stack up
@@ -57,6 +58,11 @@ fuzz: stack
 chaos: stack nextest
 	set -o pipefail; $(CARGO) nextest run --workspace --locked --run-ignored only --no-capture \
 	  --test-threads 1 -E 'test(/^chaos::/)' 2>&1 | grep -E '^\| |PASS|FAIL|Summary'
+
+# Speed, measured not asserted (about 5 minutes after the release build): see
+# scripts/bench and loadtest/README.md.
+bench: stack
+	scripts/bench
 
 test: stack nextest tools lint observability clean-test-data
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
