@@ -282,7 +282,7 @@ token = "change-me-local-admin-token"
 
 [relay]
 enabled = true
-batch_size = 500
+batch_size = 2000
 idle_ms = 20
 claim_idle_ms = 30000
 campaigns_refresh_ms = 1000
