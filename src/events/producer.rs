@@ -62,13 +62,44 @@ impl EventProducer {
         event: &CouponIssuedEvent,
         traceparent: &str,
     ) -> Result<(), PublishError> {
-        let payload = serde_json::to_vec(event).map_err(|e| PublishError::Fatal(e.to_string()))?;
-        let mut headers = Vec::new();
-        if !traceparent.is_empty() {
-            headers.push(("traceparent", traceparent.to_owned()));
+        self.queue_issued(event, traceparent).await
+    }
+
+    /// Queues `event` for delivery at once (not on first poll), so the relay can read
+    /// its next batch while this one is on the wire; the returned future answers when
+    /// the broker confirmed it. A full local queue is a retryable failure.
+    pub fn queue_issued(
+        &self,
+        event: &CouponIssuedEvent,
+        traceparent: &str,
+    ) -> impl std::future::Future<Output = Result<(), PublishError>> + Send + '_ {
+        let queued = serde_json::to_vec(event)
+            .map_err(|e| PublishError::Fatal(e.to_string()))
+            .and_then(|payload| {
+                let mut headers = OwnedHeaders::new_with_capacity(1);
+                if !traceparent.is_empty() {
+                    headers = headers.insert(Header {
+                        key: "traceparent",
+                        value: Some(traceparent.as_bytes()),
+                    });
+                }
+                let record = FutureRecord::to(&self.topic)
+                    .key(event.user_id.as_bytes())
+                    .payload(&payload)
+                    .headers(headers);
+                self.producer
+                    .send_result(record)
+                    .map_err(|(err, _)| self.classify(err))
+            });
+        async move {
+            match queued?.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((err, _))) => Err(self.classify(err)),
+                Err(_) => Err(PublishError::Retryable(
+                    "the producer dropped the delivery report".into(),
+                )),
+            }
         }
-        self.publish_raw(event.user_id.as_bytes(), &payload, &headers)
-            .await
     }
 
     /// Publishes bytes as they are (dead-letter copies keep the original payload).

@@ -1,14 +1,17 @@
 //! The outbox relay, run by every instance: drains each campaign's Redis outbox
 //! stream to `coupon.issued.v1` and acknowledges (XACK + XDEL) an entry only after
 //! the broker confirmed its delivery. Entries another instance left pending (it
-//! died) are taken over with XAUTOCLAIM. In-flight work is bounded by the batch
-//! size; while the broker is down the outbox simply grows and drains later.
+//! died) are taken over with XAUTOCLAIM. A few batches are on the wire at once (the
+//! next is read while the broker confirms the last), so in-flight work is bounded by
+//! batch size x `BATCHES_IN_FLIGHT`; while the broker is down the outbox simply grows
+//! and drains later.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaSettings, RelaySettings};
@@ -139,7 +142,11 @@ impl Relay {
         (moved, failed)
     }
 
-    /// Reads one batch of a campaign's outbox and delivers it.
+    /// Drains a campaign's outbox for one turn: reads a batch, queues it to the
+    /// broker and reads the next while the broker confirms the earlier ones (up to
+    /// `BATCHES_IN_FLIGHT` on the wire, `BATCHES_PER_TURN` in all, so one busy
+    /// campaign cannot starve the others). Each batch is acknowledged in Redis once
+    /// its own deliveries are confirmed.
     async fn drain_once(
         &mut self,
         id: CampaignId,
@@ -147,7 +154,75 @@ impl Relay {
         claim: bool,
     ) -> Result<usize, ()> {
         let batch = self.settings.batch_size;
-        let mut entries = Vec::new();
+        let first = self.first_batch(id, own_pending, claim).await?;
+        if first.is_empty() {
+            return Ok(0);
+        }
+        let outcome = {
+            let (store, producer) = (&self.store, &self.producer);
+            let mut more = first.len() == batch;
+            let mut read = 1;
+            let mut in_flight = FuturesUnordered::new();
+            in_flight.push(deliver_batch(store, producer, id, first));
+            let mut outcome = Delivered::default();
+            loop {
+                if more
+                    && !outcome.failed()
+                    && in_flight.len() < BATCHES_IN_FLIGHT
+                    && read < BATCHES_PER_TURN
+                {
+                    // The batches in flight are already queued in the producer: reading
+                    // now does not hold up their delivery, only their acknowledgement.
+                    match store.read_outbox(id, &self.consumer, batch, false).await {
+                        Ok(entries) => {
+                            read += 1;
+                            more = entries.len() == batch;
+                            if !entries.is_empty() {
+                                in_flight.push(deliver_batch(store, producer, id, entries));
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "relay: XREADGROUP failed");
+                            outcome.read_failed = true;
+                        }
+                    }
+                    continue;
+                }
+                match in_flight.next().await {
+                    Some(delivered) => outcome.absorb(delivered),
+                    None => break outcome,
+                }
+            }
+        };
+        if outcome.read_failed || outcome.ack_failed {
+            return Err(());
+        }
+        if let Some(err) = outcome.fatal {
+            tracing::error!(error = %err, "relay: producer failed fatally, rebuilding it");
+            self.rebuild_producer();
+            return Err(());
+        }
+        if let Some(err) = outcome.retryable {
+            self.failed_rounds += 1;
+            tracing::warn!(error = %err, campaign_id = id, undelivered = outcome.undelivered, failed_rounds = self.failed_rounds, "relay: delivery failed, will retry");
+            if self.failed_rounds >= REBUILD_AFTER_FAILED_ROUNDS {
+                self.rebuild_producer();
+            }
+            return Err(());
+        }
+        self.failed_rounds = 0;
+        Ok(outcome.delivered)
+    }
+
+    /// The first batch of a turn: entries left by a dead instance (when it is time to
+    /// look), else our own that failed before, else new ones.
+    async fn first_batch(
+        &self,
+        id: CampaignId,
+        own_pending: bool,
+        claim: bool,
+    ) -> Result<Vec<OutboxEntry>, ()> {
+        let batch = self.settings.batch_size;
         if claim {
             let idle = Duration::from_millis(self.settings.claim_idle_ms);
             match self
@@ -161,76 +236,26 @@ impl Relay {
                         count = claimed.len(),
                         "relay: claimed entries left by another instance"
                     );
-                    entries = claimed;
+                    return Ok(claimed);
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "relay: XAUTOCLAIM failed"),
             }
         }
-        if entries.is_empty() && own_pending {
-            entries = self
+        if own_pending {
+            let entries = self
                 .store
                 .read_outbox(id, &self.consumer, batch, true)
                 .await
                 .map_err(|err| tracing::warn!(error = %err, "relay: reading own pending failed"))?;
-        }
-        if entries.is_empty() {
-            entries = self
-                .store
-                .read_outbox(id, &self.consumer, batch, false)
-                .await
-                .map_err(|err| tracing::warn!(error = %err, "relay: XREADGROUP failed"))?;
-        }
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        self.deliver(id, entries).await
-    }
-
-    /// Publishes entries concurrently; acknowledges the delivered ones.
-    async fn deliver(&mut self, id: CampaignId, entries: Vec<OutboxEntry>) -> Result<usize, ()> {
-        let producer = &self.producer;
-        let results = join_all(entries.iter().map(|entry| async move {
-            let event = to_event(entry);
-            producer.publish_issued(&event, &entry.traceparent).await
-        }))
-        .await;
-        let mut delivered = Vec::with_capacity(entries.len());
-        let mut fatal = None;
-        let mut retryable = None;
-        let now = Utc::now();
-        for (entry, result) in entries.iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    let age = (now - entry.issued_at).to_std().unwrap_or_default();
-                    metrics::get().record_relay_delivery(age);
-                    delivered.push(entry.stream_id.clone());
-                }
-                Err(PublishError::Fatal(e)) => fatal = Some(e),
-                Err(PublishError::Retryable(e)) => retryable = Some(e),
+            if !entries.is_empty() {
+                return Ok(entries);
             }
         }
-        if let Err(err) = self.store.ack_outbox(id, &delivered).await {
-            // Delivered but not acknowledged: sent again later, and the persister's
-            // unique event_id makes the duplicate a no-op.
-            tracing::warn!(error = %err, campaign_id = id, "relay: XACK failed");
-            return Err(());
-        }
-        if let Some(err) = fatal {
-            tracing::error!(error = %err, "relay: producer failed fatally, rebuilding it");
-            self.rebuild_producer();
-            return Err(());
-        }
-        if let Some(err) = retryable {
-            self.failed_rounds += 1;
-            tracing::warn!(error = %err, campaign_id = id, undelivered = entries.len() - delivered.len(), failed_rounds = self.failed_rounds, "relay: delivery failed, will retry");
-            if self.failed_rounds >= REBUILD_AFTER_FAILED_ROUNDS {
-                self.rebuild_producer();
-            }
-            return Err(());
-        }
-        self.failed_rounds = 0;
-        Ok(delivered.len())
+        self.store
+            .read_outbox(id, &self.consumer, batch, false)
+            .await
+            .map_err(|err| tracing::warn!(error = %err, "relay: XREADGROUP failed"))
     }
 
     fn rebuild_producer(&mut self) {
@@ -243,6 +268,77 @@ impl Relay {
             }
             Err(e) => tracing::error!(error = %e, "relay: cannot rebuild producer"),
         }
+    }
+}
+
+/// Batches of one campaign on the wire at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Batches of one campaign read in one turn, before the relay looks at the others.
+const BATCHES_PER_TURN: usize = 8;
+
+/// What the batches of one turn came to.
+#[derive(Debug, Default)]
+struct Delivered {
+    delivered: usize,
+    undelivered: usize,
+    fatal: Option<String>,
+    retryable: Option<String>,
+    ack_failed: bool,
+    read_failed: bool,
+}
+
+impl Delivered {
+    fn failed(&self) -> bool {
+        self.fatal.is_some() || self.retryable.is_some() || self.ack_failed || self.read_failed
+    }
+
+    fn absorb(&mut self, other: Delivered) {
+        self.delivered += other.delivered;
+        self.undelivered += other.undelivered;
+        self.fatal = self.fatal.take().or(other.fatal);
+        self.retryable = self.retryable.take().or(other.retryable);
+        self.ack_failed |= other.ack_failed;
+        self.read_failed |= other.read_failed;
+    }
+}
+
+/// Queues a batch to the broker now; the future waits for the confirmations and
+/// acknowledges (XACK + XDEL) the delivered entries. Undelivered ones stay pending
+/// and are read again; delivered but unacknowledged ones are sent again later, and
+/// the persister's unique event_id makes the duplicate a no-op.
+fn deliver_batch<'a>(
+    store: &'a RedisStore,
+    producer: &'a EventProducer,
+    id: CampaignId,
+    entries: Vec<OutboxEntry>,
+) -> impl std::future::Future<Output = Delivered> + 'a {
+    let confirmations: Vec<_> = entries
+        .iter()
+        .map(|entry| producer.queue_issued(&to_event(entry), &entry.traceparent))
+        .collect();
+    async move {
+        let results = join_all(confirmations).await;
+        let mut outcome = Delivered::default();
+        let mut acknowledged = Vec::with_capacity(entries.len());
+        let now = Utc::now();
+        for (entry, result) in entries.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    let age = (now - entry.issued_at).to_std().unwrap_or_default();
+                    metrics::get().record_relay_delivery(age);
+                    acknowledged.push(entry.stream_id.clone());
+                }
+                Err(PublishError::Fatal(e)) => outcome.fatal = Some(e),
+                Err(PublishError::Retryable(e)) => outcome.retryable = Some(e),
+            }
+        }
+        outcome.delivered = acknowledged.len();
+        outcome.undelivered = entries.len() - acknowledged.len();
+        if let Err(err) = store.ack_outbox(id, &acknowledged).await {
+            tracing::warn!(error = %err, campaign_id = id, "relay: XACK failed");
+            outcome.ack_failed = true;
+        }
+        outcome
     }
 }
 
@@ -270,6 +366,28 @@ pub fn to_event(entry: &OutboxEntry) -> CouponIssuedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turn_adds_up_its_batches_and_fails_if_any_batch_failed() {
+        let mut turn = Delivered {
+            delivered: 2000,
+            ..Delivered::default()
+        };
+        assert!(!turn.failed());
+        turn.absorb(Delivered {
+            delivered: 1500,
+            undelivered: 500,
+            retryable: Some("timed out".into()),
+            ..Delivered::default()
+        });
+        turn.absorb(Delivered {
+            delivered: 2000,
+            ..Delivered::default()
+        });
+        assert_eq!((turn.delivered, turn.undelivered), (5500, 500));
+        assert_eq!(turn.retryable.as_deref(), Some("timed out"));
+        assert!(turn.failed() && turn.fatal.is_none() && !turn.ack_failed);
+    }
 
     #[test]
     fn idle_pause_doubles_from_idle_ms_up_to_eight_times_it() {
