@@ -1,7 +1,7 @@
 //! The `flashcoupon` binary: tune the allocator, parse the command line, run it.
 
 fn main() {
-    // Before the runtime starts its threads, so every arena sees the settings.
+    // Before the runtime starts its threads: nothing allocates alongside mallopt.
     limit_retained_memory();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

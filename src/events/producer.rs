@@ -76,19 +76,13 @@ impl EventProducer {
         let queued = serde_json::to_vec(event)
             .map_err(|e| PublishError::Fatal(e.to_string()))
             .and_then(|payload| {
-                let mut headers = OwnedHeaders::new_with_capacity(1);
-                if !traceparent.is_empty() {
-                    headers = headers.insert(Header {
-                        key: "traceparent",
-                        value: Some(traceparent.as_bytes()),
-                    });
-                }
-                let record = FutureRecord::to(&self.topic)
-                    .key(event.user_id.as_bytes())
-                    .payload(&payload)
-                    .headers(headers);
+                let headers: &[(&str, &str)] = if traceparent.is_empty() {
+                    &[]
+                } else {
+                    &[("traceparent", traceparent)]
+                };
                 self.producer
-                    .send_result(record)
+                    .send_result(self.record(event.user_id.as_bytes(), &payload, headers))
                     .map_err(|(err, _)| self.classify(err))
             });
         async move {
@@ -109,6 +103,24 @@ impl EventProducer {
         payload: &[u8],
         headers: &[MessageHeader],
     ) -> Result<(), PublishError> {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        let record = self.record(key, payload, &headers);
+        match self.producer.send(record, self.queue_timeout).await {
+            Ok(_) => Ok(()),
+            Err((err, _)) => Err(self.classify(err)),
+        }
+    }
+
+    /// A record of this producer's topic with `headers` as (name, value) pairs.
+    fn record<'a>(
+        &'a self,
+        key: &'a [u8],
+        payload: &'a [u8],
+        headers: &[(&str, &str)],
+    ) -> FutureRecord<'a, [u8], [u8]> {
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for (name, value) in headers {
             owned = owned.insert(Header {
@@ -116,14 +128,10 @@ impl EventProducer {
                 value: Some(value.as_bytes()),
             });
         }
-        let record = FutureRecord::to(&self.topic)
+        FutureRecord::to(&self.topic)
             .key(key)
             .payload(payload)
-            .headers(owned);
-        match self.producer.send(record, self.queue_timeout).await {
-            Ok(_) => Ok(()),
-            Err((err, _)) => Err(self.classify(err)),
-        }
+            .headers(owned)
     }
 
     fn classify(&self, err: KafkaError) -> PublishError {
