@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_campaign;
 mod m20261122_000002_create_issued_coupon;
 mod m20261122_000003_create_sales;
+mod m20261123_000001_case_sensitive_identifiers;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_campaign::Migration),
             Box::new(m20261122_000002_create_issued_coupon::Migration),
             Box::new(m20261122_000003_create_sales::Migration),
+            Box::new(m20261123_000001_case_sensitive_identifiers::Migration),
         ]
     }
 }

@@ -293,3 +293,25 @@ async fn an_event_that_keeps_failing_reaches_the_dlt_after_its_retries_with_the_
     assert!(header("traceparent").contains("4bf92f3577b34da6a3ce929d0e0e4736"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn shoppers_whose_ids_differ_only_in_case_each_keep_their_row() {
+    // Shopper ids are case-sensitive (`A-Z a-z` are both allowed, JWT subjects are
+    // compared byte for byte): MySQL must not fold `Case-Shopper` into `case-shopper`.
+    let app = spawn_app_with(|_| {}).await;
+    let campaign = app.open_campaign(10).await;
+    for user in ["Case-Shopper", "case-shopper", "CASE-SHOPPER"] {
+        assert_eq!(app.claim(campaign, user).await.status(), 201, "{user}");
+    }
+    assert_eq!(
+        app.wait_persisted(campaign, 3, Duration::from_secs(60))
+            .await,
+        3
+    );
+    let rows = app.db.coupons_of_campaign(campaign).await.unwrap();
+    let users: HashSet<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    assert_eq!(
+        users,
+        HashSet::from(["Case-Shopper", "case-shopper", "CASE-SHOPPER"])
+    );
+}
