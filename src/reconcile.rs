@@ -1,21 +1,25 @@
 //! Reconciliation of the three places a coupon lives: Redis (the record of
 //! issuance: holders and issued counter), its outbox (coupons not yet delivered to
-//! Kafka) and MySQL. [`compare`] is the pure rule; [`Reconciler`] reads the stores,
-//! exports `reconcile_differences`, and repairs: coupons missing from MySQL are put
-//! back into the outbox, coupons Redis lost are restored into Redis. The service
-//! runs [`run_periodic`] (which also re-arms live campaigns Redis lost entirely);
-//! on-call runs `flashcoupon reconcile`.
+//! Kafka) and MySQL. [`Comparison`] is the pure rule, fed a page at a time;
+//! [`Reconciler`] walks the stores page by page (so a check holds one page of
+//! 1,000 coupons, not the campaign), exports `reconcile_differences`, and repairs:
+//! coupons missing from MySQL are put back into the outbox, coupons Redis lost
+//! are restored into Redis. The service runs [`run_periodic`] on one instance at a
+//! time (a Redis lease); it also re-arms live campaigns Redis lost entirely, and
+//! skips a campaign whose counts have not moved since it was last found settled.
+//! On-call runs `flashcoupon reconcile`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use fixedbitset::FixedBitSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Campaign, CampaignId, Coupon};
 use crate::issuance::{IssuanceService, ServiceError};
 use crate::persistence::Database;
-use crate::store::RedisStore;
+use crate::store::{RedisStore, PAGE};
 use crate::telemetry::metrics;
 
 /// What differs for one campaign.
@@ -48,64 +52,159 @@ impl Differences {
     }
 }
 
-/// The least the issued counter can be: every coupon known to either store was
-/// issued, so neither the highest sequence nor the number of distinct shoppers can
-/// exceed it.
-fn issued_floor(redis: &[Coupon], mysql: &[Coupon]) -> i64 {
-    let shoppers: HashSet<&str> = redis
-        .iter()
-        .chain(mysql)
-        .map(|c| c.user_id.as_str())
-        .collect();
-    redis
-        .iter()
-        .chain(mysql)
-        .map(|c| c.sequence)
-        .max()
-        .unwrap_or(0)
-        .max(shoppers.len() as i64)
+/// Sequences above this are counted without de-duplication (a bit each would cost
+/// more than it saves); issue.lua numbers coupons 1, 2, 3... up to the stock.
+const MAX_TRACKED_SEQUENCE: i64 = 1 << 30;
+
+/// The rule, fed page by page:
+/// 1. [`Self::holders`]: a page of Redis holders with the MySQL rows of the same
+///    shoppers. Same code: matched. Other code: a mismatch. No row: in flight when
+///    younger than the grace period, else a suspect;
+/// 2. [`Self::in_outbox`]: suspects still in the outbox are in flight;
+/// 3. [`Self::holders`] again with the suspects left, for rows persisted meanwhile;
+/// 4. if MySQL has more rows than were matched, [`Self::unknown_to_redis`] gets
+///    the rows whose shopper Redis does not hold;
+/// 5. [`Self::finish`] with the issued counter read last: the suspects left are
+///    missing, and the counter must reach the floor (highest sequence, distinct
+///    shoppers) the coupons prove.
+///
+/// A holder HSCAN returns twice (the hash grew during the scan) counts once: the
+/// sequences seen are kept in a bit set.
+pub struct Comparison {
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+    seen: FixedBitSet,
+    holders: usize,
+    matched: usize,
+    max_sequence: i64,
+    suspects: Vec<Coupon>,
+    out: Differences,
 }
 
-/// The rule. `redis_issued` is None when the campaign is not armed (then nothing
-/// is compared: arming restores it from MySQL). A coupon Redis issued is in flight,
-/// not missing, while it is still in the outbox or younger than `grace`.
-pub fn compare(
-    redis_issued: Option<i64>,
-    redis: &[Coupon],
-    outbox_users: &HashSet<String>,
-    mysql: &[Coupon],
-    now: DateTime<Utc>,
-    grace: Duration,
-) -> Differences {
-    let Some(issued) = redis_issued else {
-        return Differences::default();
-    };
-    let mut out = Differences::default();
-    let in_mysql: HashMap<&str, &Coupon> = mysql.iter().map(|c| (c.user_id.as_str(), c)).collect();
-    let in_redis: HashSet<&str> = redis.iter().map(|c| c.user_id.as_str()).collect();
-    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    for coupon in redis {
-        match in_mysql.get(coupon.user_id.as_str()) {
-            Some(stored) if stored.coupon_code != coupon.coupon_code => {
-                out.code_mismatch.push((coupon.clone(), (*stored).clone()))
-            }
-            Some(_) => {}
-            None if outbox_users.contains(&coupon.user_id) || now - coupon.issued_at < grace => {
-                out.in_flight += 1
-            }
-            None => out.missing_in_mysql.push(coupon.clone()),
+impl Comparison {
+    pub fn new(now: DateTime<Utc>, grace: Duration) -> Self {
+        Self {
+            now,
+            grace: chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX),
+            seen: FixedBitSet::new(),
+            holders: 0,
+            matched: 0,
+            max_sequence: 0,
+            suspects: Vec::new(),
+            out: Differences::default(),
         }
     }
-    out.extra_in_mysql = mysql
-        .iter()
-        .filter(|c| !in_redis.contains(c.user_id.as_str()))
-        .cloned()
-        .collect();
-    let floor = issued_floor(redis, mysql);
-    if issued < floor {
-        out.issued_behind = Some((issued, floor));
+
+    /// True the first time a holder's sequence is seen.
+    fn first_sight(&mut self, sequence: i64) -> bool {
+        if !(1..=MAX_TRACKED_SEQUENCE).contains(&sequence) {
+            return true;
+        }
+        let bit = sequence as usize;
+        if bit >= self.seen.len() {
+            self.seen.grow((bit + 1).next_power_of_two());
+        }
+        !self.seen.put(bit)
     }
-    out
+
+    /// A page of Redis holders and the MySQL rows of those shoppers.
+    pub fn holders(&mut self, redis: &[Coupon], mysql: &[Coupon]) {
+        let stored: HashMap<&str, &Coupon> =
+            mysql.iter().map(|c| (c.user_id.as_str(), c)).collect();
+        for coupon in redis {
+            if !self.first_sight(coupon.sequence) {
+                continue;
+            }
+            self.holders += 1;
+            self.max_sequence = self.max_sequence.max(coupon.sequence);
+            self.place(coupon, stored.get(coupon.user_id.as_str()).copied());
+        }
+    }
+
+    fn place(&mut self, coupon: &Coupon, stored: Option<&Coupon>) {
+        match stored {
+            Some(stored) => {
+                self.matched += 1;
+                self.max_sequence = self.max_sequence.max(stored.sequence);
+                if stored.coupon_code != coupon.coupon_code {
+                    self.out
+                        .code_mismatch
+                        .push((coupon.clone(), stored.clone()));
+                }
+            }
+            None if self.now - coupon.issued_at < self.grace => self.out.in_flight += 1,
+            None => self.suspects.push(coupon.clone()),
+        }
+    }
+
+    /// Whether coupons old enough to be missing were absent from MySQL when their
+    /// page was read: look for them in the outbox, then in MySQL again.
+    pub fn has_suspects(&self) -> bool {
+        !self.suspects.is_empty()
+    }
+
+    /// The suspects left after the outbox, for [`Self::recheck`].
+    pub fn take_suspects(&mut self) -> Vec<Coupon> {
+        std::mem::take(&mut self.suspects)
+    }
+
+    /// The shoppers of one page of the outbox: suspects among them are in flight.
+    pub fn in_outbox<'a>(&mut self, users: impl IntoIterator<Item = &'a str>) {
+        if self.suspects.is_empty() {
+            return;
+        }
+        let queued: HashSet<&str> = users.into_iter().collect();
+        let before = self.suspects.len();
+        self.suspects
+            .retain(|c| !queued.contains(c.user_id.as_str()));
+        self.out.in_flight += before - self.suspects.len();
+    }
+
+    /// Suspects (from [`Self::take_suspects`]) checked against MySQL once more.
+    pub fn recheck(&mut self, suspects: &[Coupon], mysql: &[Coupon]) {
+        let stored: HashMap<&str, &Coupon> =
+            mysql.iter().map(|c| (c.user_id.as_str(), c)).collect();
+        for coupon in suspects {
+            match stored.get(coupon.user_id.as_str()) {
+                Some(row) => self.place(coupon, Some(row)),
+                None => self.suspects.push(coupon.clone()),
+            }
+        }
+    }
+
+    /// Whether MySQL's `rows` are more than the holders matched: only then can a
+    /// row be unknown to Redis, and the rows must be walked.
+    pub fn mysql_has_unmatched(&self, rows: u64) -> bool {
+        rows > self.matched as u64
+    }
+
+    /// Rows of MySQL whose shopper Redis does not hold.
+    pub fn unknown_to_redis(&mut self, rows: impl IntoIterator<Item = Coupon>) {
+        for row in rows {
+            self.max_sequence = self.max_sequence.max(row.sequence);
+            self.out.extra_in_mysql.push(row);
+        }
+    }
+
+    /// The verdict. `redis_issued` is the issued counter read after every page, so
+    /// coupons issued during the walk are below it. Every coupon known to either
+    /// store was issued, so neither the highest sequence nor the number of distinct
+    /// shoppers can exceed the counter.
+    pub fn finish(mut self, redis_issued: i64) -> Differences {
+        let floor = self
+            .max_sequence
+            .max((self.holders + self.out.extra_in_mysql.len()) as i64);
+        if redis_issued < floor {
+            self.out.issued_behind = Some((redis_issued, floor));
+        }
+        self.out.missing_in_mysql = self.suspects;
+        self.out
+    }
+
+    /// Distinct holders seen.
+    pub fn holders_seen(&self) -> usize {
+        self.holders
+    }
 }
 
 /// One campaign's report.
@@ -120,6 +219,14 @@ pub struct Report {
     pub differences: Differences,
 }
 
+impl Report {
+    /// Nothing differs and nothing is on its way: the campaign is settled until
+    /// one of its counts moves.
+    pub fn settled(&self) -> bool {
+        self.differences.is_clean() && self.differences.in_flight == 0 && self.outbox_pending == 0
+    }
+}
+
 /// What a repair did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Repaired {
@@ -127,11 +234,23 @@ pub struct Repaired {
     pub restored_in_redis: usize,
 }
 
+/// The counts of one campaign, read cheaply before a check: issued counter,
+/// holders, outbox length (Redis) and rows (MySQL). A settled campaign whose counts
+/// are unchanged needs no new walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub redis: Option<(i64, i64, i64)>,
+    pub mysql_rows: u64,
+}
+
 #[derive(Clone)]
 pub struct Reconciler {
     store: RedisStore,
     db: Database,
     grace: Duration,
+    /// Pause between pages, so a scheduled pass over a large campaign yields the
+    /// CPU to shoppers (zero for on-call's CLI).
+    pace: Duration,
     /// Re-arms campaigns Redis lost entirely, by the start-up rule.
     issuance: IssuanceService,
 }
@@ -143,7 +262,20 @@ impl Reconciler {
             store,
             db,
             grace,
+            pace: Duration::ZERO,
             issuance,
+        }
+    }
+
+    /// Pauses `pace` between pages.
+    pub fn with_pace(mut self, pace: Duration) -> Self {
+        self.pace = pace;
+        self
+    }
+
+    async fn breathe(&self) {
+        if !self.pace.is_zero() {
+            tokio::time::sleep(self.pace).await;
         }
     }
 
@@ -159,42 +291,137 @@ impl Reconciler {
         Ok(armed)
     }
 
-    /// Reads Redis, the outbox and MySQL for one campaign and compares them.
-    /// `progress` gets the number of Redis holders read so far.
+    fn db_error(e: crate::persistence::DbError) -> ServiceError {
+        ServiceError::Unavailable(e.to_string())
+    }
+
+    /// Issued counter, holders and outbox length in Redis, and rows in MySQL.
+    pub async fn counts(&self, campaign: CampaignId) -> Result<Counts, ServiceError> {
+        let redis = self
+            .store
+            .figures(campaign)
+            .await?
+            .map(|f| (f.issued, f.holders, f.pending_events));
+        let mysql_rows = self
+            .db
+            .persisted_count(campaign)
+            .await
+            .map_err(Self::db_error)? as u64;
+        Ok(Counts { redis, mysql_rows })
+    }
+
+    /// Walks Redis, the outbox and MySQL for one campaign, a page at a time, and
+    /// compares them (see [`Comparison`] for the steps). `progress` gets the number
+    /// of Redis holders read so far.
     pub async fn check(
         &self,
         campaign: CampaignId,
-        progress: impl FnMut(usize),
+        mut progress: impl FnMut(usize),
     ) -> Result<Report, ServiceError> {
-        let figures = self.store.figures(campaign).await?;
-        // Redis first, MySQL second: a coupon issued in between is in flight.
-        let redis = match figures {
-            Some(_) => self.store.all_holders(campaign, progress).await?,
-            None => Vec::new(),
+        let Some(_) = self.store.figures(campaign).await? else {
+            // Not armed: nothing to compare (arming restores Redis from MySQL).
+            let mysql_rows = self
+                .db
+                .persisted_count(campaign)
+                .await
+                .map_err(Self::db_error)? as usize;
+            return Ok(Report {
+                campaign_id: campaign,
+                armed: false,
+                redis_issued: 0,
+                redis_holders: 0,
+                outbox_pending: 0,
+                mysql_rows,
+                differences: Differences::default(),
+            });
         };
-        let outbox = self.store.outbox_entries(campaign).await?;
-        let mysql = self
+        let mut comparison = Comparison::new(Utc::now(), self.grace);
+        // 1. Holders, each page against MySQL (Redis first: a coupon issued after
+        //    its page was read is simply not seen).
+        let mut cursor = 0;
+        loop {
+            let (next, page) = self.store.holders_page(campaign, cursor).await?;
+            let users: Vec<&str> = page.iter().map(|c| c.user_id.as_str()).collect();
+            let rows = self
+                .db
+                .coupons_of_users(campaign, &users)
+                .await
+                .map_err(Self::db_error)?;
+            comparison.holders(&page, &rows);
+            progress(comparison.holders_seen());
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+            self.breathe().await;
+        }
+        // 2. and 3. Old coupons MySQL lacked: in the outbox, or persisted since?
+        if comparison.has_suspects() {
+            let mut after: Option<String> = None;
+            loop {
+                let (entries, next) = self.store.outbox_page(campaign, after.as_deref()).await?;
+                comparison.in_outbox(entries.iter().map(|e| e.user_id.as_str()));
+                match next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+                self.breathe().await;
+            }
+            let left = comparison.take_suspects();
+            for chunk in left.chunks(PAGE) {
+                let users: Vec<&str> = chunk.iter().map(|c| c.user_id.as_str()).collect();
+                let rows = self
+                    .db
+                    .coupons_of_users(campaign, &users)
+                    .await
+                    .map_err(Self::db_error)?;
+                comparison.recheck(chunk, &rows);
+            }
+        }
+        // 4. Rows Redis does not know, only if MySQL has more than were matched.
+        let mysql_rows = self
             .db
-            .coupons_of_campaign(campaign)
+            .persisted_count(campaign)
             .await
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-        let outbox_users: HashSet<String> = outbox.iter().map(|e| e.user_id.clone()).collect();
-        let differences = compare(
-            figures.map(|f| f.issued),
-            &redis,
-            &outbox_users,
-            &mysql,
-            Utc::now(),
-            self.grace,
-        );
+            .map_err(Self::db_error)? as u64;
+        if comparison.mysql_has_unmatched(mysql_rows) {
+            let mut after: Option<String> = None;
+            loop {
+                let rows = self
+                    .db
+                    .coupons_page(campaign, after.as_deref(), PAGE as u64)
+                    .await
+                    .map_err(Self::db_error)?;
+                let users: Vec<&str> = rows.iter().map(|c| c.user_id.as_str()).collect();
+                let known = self.store.known_holders(campaign, &users).await?;
+                after = rows.last().map(|c| c.user_id.clone());
+                let full = rows.len() == PAGE;
+                comparison.unknown_to_redis(
+                    rows.into_iter()
+                        .zip(known)
+                        .filter(|(_, known)| !known)
+                        .map(|(row, _)| row),
+                );
+                if !full {
+                    break;
+                }
+                self.breathe().await;
+            }
+        }
+        // 5. The counter, read last.
+        let figures = self.store.figures(campaign).await?;
+        let redis_issued = figures.map(|f| f.issued).unwrap_or(0);
+        let redis_holders = comparison.holders_seen();
         Ok(Report {
             campaign_id: campaign,
             armed: figures.is_some(),
-            redis_issued: figures.map(|f| f.issued).unwrap_or(0),
-            redis_holders: redis.len(),
-            outbox_pending: outbox.len(),
-            mysql_rows: mysql.len(),
-            differences,
+            redis_issued,
+            redis_holders,
+            outbox_pending: figures
+                .map(|f| f.pending_events.max(0) as usize)
+                .unwrap_or(0),
+            mysql_rows: mysql_rows as usize,
+            differences: comparison.finish(redis_issued),
         })
     }
 
@@ -267,23 +494,50 @@ impl Reconciler {
     }
 }
 
-/// The service's scheduled pass: every `interval`, re-arms live campaigns Redis lost
-/// entirely, checks recent campaigns, exports the gauges and, where Redis is behind
-/// MySQL, catches Redis up at once (stock given away must never be handed out
-/// again). Missing MySQL rows are only reported: the alert sends on-call to
-/// `flashcoupon reconcile --repair`.
+/// Role of the scheduled pass in [`RedisStore::hold_lease`].
+const LEASE_ROLE: &str = "reconcile";
+
+/// Pause between pages of the scheduled pass: a campaign of 350,000 holders takes
+/// about 350 pages, so the pass spends a few seconds breathing, not the CPU.
+const SCHEDULED_PACE: Duration = Duration::from_millis(5);
+
+/// The service's scheduled pass: every `interval`, the instance holding the lease
+/// (`<prefix>reconcile:leader`, kept for three intervals) re-arms live campaigns
+/// Redis lost entirely, checks recent campaigns, exports the gauges and, where
+/// Redis is behind MySQL, catches Redis up at once (stock given away must never be
+/// handed out again). Missing MySQL rows are only reported: the alert sends
+/// on-call to `flashcoupon reconcile --repair`. A campaign found settled (nothing
+/// differs, nothing in flight) is not walked again until one of its counts moves.
 pub async fn run_periodic(
     reconciler: Reconciler,
     interval: Duration,
     lookback: Duration,
     shutdown: CancellationToken,
 ) {
+    let reconciler = reconciler.with_pace(SCHEDULED_PACE);
+    let owner = uuid::Uuid::new_v4().to_string();
+    let mut settled: HashMap<CampaignId, Counts> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        match reconciler
+            .store
+            .hold_lease(LEASE_ROLE, &owner, interval * 3)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                settled.clear();
+                continue;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "reconcile lease unavailable");
+                continue;
+            }
         }
         if let Err(err) = reconciler.rearm_lost_campaigns().await {
             tracing::warn!(error = %err, "reconcile: re-arm of lost campaigns failed");
@@ -295,23 +549,37 @@ pub async fn run_periodic(
                 continue;
             }
         };
+        settled.retain(|id, _| campaigns.iter().any(|c| c.id == *id));
         for campaign in campaigns {
             if shutdown.is_cancelled() {
                 return;
             }
-            match reconciler.check(campaign.id, |_| {}).await {
-                Ok(report) => {
-                    Reconciler::export(&report);
-                    if let Err(err) = reconciler.catch_up_redis(&report).await {
-                        tracing::warn!(campaign_id = campaign.id, error = %err, "catch-up failed");
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(campaign_id = campaign.id, error = %err, "reconcile check failed")
-                }
+            if let Err(err) = pass_one(&reconciler, campaign.id, &mut settled).await {
+                tracing::warn!(campaign_id = campaign.id, error = %err, "reconcile check failed");
             }
         }
     }
+}
+
+/// One campaign of the scheduled pass.
+async fn pass_one(
+    reconciler: &Reconciler,
+    campaign: CampaignId,
+    settled: &mut HashMap<CampaignId, Counts>,
+) -> Result<(), ServiceError> {
+    let counts = reconciler.counts(campaign).await?;
+    if settled.get(&campaign) == Some(&counts) {
+        return Ok(());
+    }
+    let report = reconciler.check(campaign, |_| {}).await?;
+    Reconciler::export(&report);
+    reconciler.catch_up_redis(&report).await?;
+    if report.settled() {
+        settled.insert(campaign, counts);
+    } else {
+        settled.remove(&campaign);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -335,10 +603,64 @@ mod tests {
         Utc.timestamp_opt(10_000, 0).unwrap()
     }
 
+    /// The steps of `Reconciler::check` on stores held in memory, `page` holders
+    /// (and outbox entries) at a time.
+    fn compare(
+        issued: i64,
+        redis: &[Coupon],
+        outbox: &[&str],
+        mysql: &[Coupon],
+        page: usize,
+    ) -> Differences {
+        let rows_of = |wanted: &[Coupon]| -> Vec<Coupon> {
+            mysql
+                .iter()
+                .filter(|row| wanted.iter().any(|w| w.user_id == row.user_id))
+                .cloned()
+                .collect()
+        };
+        let mut comparison = Comparison::new(now(), GRACE);
+        for chunk in redis.chunks(page) {
+            comparison.holders(chunk, &rows_of(chunk));
+        }
+        if comparison.has_suspects() {
+            for chunk in outbox.chunks(page) {
+                comparison.in_outbox(chunk.iter().copied());
+            }
+            let left = comparison.take_suspects();
+            comparison.recheck(&left, &rows_of(&left));
+        }
+        if comparison.mysql_has_unmatched(mysql.len() as u64) {
+            comparison.unknown_to_redis(
+                mysql
+                    .iter()
+                    .filter(|row| !redis.iter().any(|r| r.user_id == row.user_id))
+                    .cloned(),
+            );
+        }
+        comparison.finish(issued)
+    }
+
+    /// Every rule must give the same verdict whatever the page size.
+    fn compare_paged(
+        issued: i64,
+        redis: &[Coupon],
+        outbox: &[&str],
+        mysql: &[Coupon],
+    ) -> Differences {
+        let whole = compare(issued, redis, outbox, mysql, 1000);
+        assert_eq!(
+            compare(issued, redis, outbox, mysql, 1),
+            whole,
+            "pages of 1"
+        );
+        whole
+    }
+
     #[test]
     fn matching_stores_are_clean() {
         let both = vec![coupon("a", "A", 1, 100), coupon("b", "B", 2, 100)];
-        let d = compare(Some(2), &both, &HashSet::new(), &both, now(), GRACE);
+        let d = compare_paged(2, &both, &[], &both);
         assert!(d.is_clean(), "{d:?}");
         assert_eq!(d.in_flight, 0);
     }
@@ -350,8 +672,7 @@ mod tests {
             coupon("queued", "Q", 2, 100),
             coupon("recent", "R", 3, 9_990),
         ];
-        let outbox = HashSet::from(["queued".to_owned()]);
-        let d = compare(Some(3), &redis, &outbox, &[], now(), GRACE);
+        let d = compare_paged(3, &redis, &["other", "queued"], &[]);
         assert_eq!(d.missing_in_mysql, vec![coupon("old", "O", 1, 100)]);
         assert_eq!(d.in_flight, 2);
         assert!(!d.redis_behind());
@@ -361,12 +682,12 @@ mod tests {
     fn mysql_rows_unknown_to_redis_and_a_low_counter_mean_redis_is_behind() {
         let mysql = vec![coupon("a", "A", 1, 100), coupon("b", "B", 2, 100)];
         let redis = vec![coupon("a", "A", 1, 100)];
-        let d = compare(Some(1), &redis, &HashSet::new(), &mysql, now(), GRACE);
+        let d = compare_paged(1, &redis, &[], &mysql);
         assert_eq!(d.extra_in_mysql, vec![coupon("b", "B", 2, 100)]);
         assert_eq!(d.issued_behind, Some((1, 2)));
         assert!(d.redis_behind());
         // An emptied Redis with a counter that survived is still behind on holders.
-        let d = compare(Some(2), &[], &HashSet::new(), &mysql, now(), GRACE);
+        let d = compare_paged(2, &[], &[], &mysql);
         assert_eq!(d.extra_in_mysql.len(), 2);
         assert_eq!(d.issued_behind, None);
     }
@@ -376,7 +697,7 @@ mod tests {
         // Redis kept "c" (sequence 3) but its counter fell to 1; MySQL lost "c".
         let redis = vec![coupon("a", "A", 1, 100), coupon("c", "C", 3, 100)];
         let mysql = vec![coupon("a", "A", 1, 100), coupon("b", "B", 2, 100)];
-        let d = compare(Some(1), &redis, &HashSet::new(), &mysql, now(), GRACE);
+        let d = compare_paged(1, &redis, &[], &mysql);
         assert_eq!(d.issued_behind, Some((1, 3)));
         assert_eq!(d.missing_in_mysql.len(), 1);
         assert_eq!(d.extra_in_mysql.len(), 1);
@@ -384,21 +705,58 @@ mod tests {
 
     #[test]
     fn a_different_code_for_the_same_shopper_is_a_mismatch() {
-        let d = compare(
-            Some(1),
+        let d = compare_paged(
+            1,
             &[coupon("a", "A", 1, 100)],
-            &HashSet::new(),
+            &[],
             &[coupon("a", "Z", 1, 100)],
-            now(),
-            GRACE,
         );
         assert_eq!(d.code_mismatch.len(), 1);
         assert!(!d.is_clean());
     }
 
     #[test]
-    fn an_unarmed_campaign_is_not_compared() {
-        let mysql = vec![coupon("a", "A", 1, 100)];
-        assert!(compare(None, &[], &HashSet::new(), &mysql, now(), GRACE).is_clean());
+    fn a_holder_the_scan_returns_twice_counts_once() {
+        // HSCAN may return "a" twice while the hash grows. Counted twice, the one
+        // matched row would pass for two and hide "b", which Redis lost.
+        let redis = vec![coupon("a", "A", 1, 100), coupon("a", "A", 1, 100)];
+        let mysql = vec![coupon("a", "A", 1, 100), coupon("b", "B", 2, 100)];
+        let d = compare_paged(2, &redis, &[], &mysql);
+        assert_eq!(d.extra_in_mysql, vec![coupon("b", "B", 2, 100)]);
+        assert_eq!(d.issued_behind, None);
+    }
+
+    #[test]
+    fn a_coupon_persisted_while_its_page_was_compared_is_not_missing() {
+        let old = coupon("a", "A", 1, 100);
+        let mut comparison = Comparison::new(now(), GRACE);
+        comparison.holders(std::slice::from_ref(&old), &[]);
+        assert!(comparison.has_suspects());
+        comparison.in_outbox(["someone-else"]);
+        let left = comparison.take_suspects();
+        comparison.recheck(&left, std::slice::from_ref(&old));
+        assert!(
+            !comparison.mysql_has_unmatched(1),
+            "the late row is matched"
+        );
+        let d = comparison.finish(1);
+        assert!(d.is_clean(), "{d:?}");
+    }
+
+    #[test]
+    fn mysql_is_walked_only_when_it_has_rows_the_holders_did_not_match() {
+        let both = [coupon("a", "A", 1, 100), coupon("b", "B", 2, 100)];
+        let mut comparison = Comparison::new(now(), GRACE);
+        comparison.holders(&both, &both);
+        assert!(!comparison.mysql_has_unmatched(2));
+        assert!(comparison.mysql_has_unmatched(3));
+    }
+
+    #[test]
+    fn sequences_out_of_the_tracked_range_are_still_counted() {
+        let odd = [coupon("a", "A", 0, 100), coupon("b", "B", i64::MAX, 100)];
+        let mut comparison = Comparison::new(now(), GRACE);
+        comparison.holders(&odd, &odd);
+        assert_eq!(comparison.holders_seen(), 2);
     }
 }

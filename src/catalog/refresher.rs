@@ -60,7 +60,7 @@ impl Refresher {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match self.store.hold_lease(&self.owner, lease).await {
+            match self.store.hold_lease("top", &self.owner, lease).await {
                 Ok(true) => {
                     if let Err(err) = self.refresh_now().await {
                         tracing::warn!(error = %err, "top products refresh failed");

@@ -371,6 +371,51 @@ impl Database {
             .collect())
     }
 
+    /// The persisted coupons of `users` in one campaign (reconciliation, a page
+    /// of Redis holders at a time).
+    pub async fn coupons_of_users(&self, id: CampaignId, users: &[&str]) -> DbResult<Vec<Coupon>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .bounded(
+                issued_coupon::Entity::find()
+                    .filter(issued_coupon::Column::CampaignId.eq(id))
+                    .filter(issued_coupon::Column::UserId.is_in(users.iter().copied()))
+                    .all(&self.conn),
+            )
+            .await?
+            .into_iter()
+            .map(to_coupon)
+            .collect())
+    }
+
+    /// One page of a campaign's persisted coupons in shopper order, after shopper
+    /// `after` (None to start): keyset paging on the (campaign, user) index.
+    pub async fn coupons_page(
+        &self,
+        id: CampaignId,
+        after: Option<&str>,
+        limit: u64,
+    ) -> DbResult<Vec<Coupon>> {
+        let mut query =
+            issued_coupon::Entity::find().filter(issued_coupon::Column::CampaignId.eq(id));
+        if let Some(after) = after {
+            query = query.filter(issued_coupon::Column::UserId.gt(after));
+        }
+        Ok(self
+            .bounded(
+                query
+                    .order_by_asc(issued_coupon::Column::UserId)
+                    .limit(limit)
+                    .all(&self.conn),
+            )
+            .await?
+            .into_iter()
+            .map(to_coupon)
+            .collect())
+    }
+
     /// Runs raw SQL (test set-up, diagnostics).
     pub async fn execute_unprepared(&self, sql: &str) -> DbResult<()> {
         self.bounded(self.conn.execute_unprepared(sql))

@@ -1,9 +1,9 @@
-//! Redis side of the read path: top-products snapshots (behind a circuit
-//! breaker) and the refresher's leader lease (the invalidation every instance
-//! hears is in [`super::pubsub`]).
+//! Redis side of the read path: top-products snapshots, behind a circuit breaker
+//! (the refresher's lease is [`RedisStore::hold_lease`]; the invalidation every
+//! instance hears is in [`super::pubsub`]).
 //!
 //! Keys: `<prefix>{top}:<days>` (JSON snapshots, one hash slot so one pipeline
-//! writes them all, also on Redis Cluster), `<prefix>top:leader` (lease).
+//! writes them all, also on Redis Cluster).
 
 use std::time::Duration;
 
@@ -45,30 +45,6 @@ impl RedisStore {
         }
         self.run("top_write", |mut c| async move {
             pipe.query_async::<()>(&mut c).await
-        })
-        .await
-    }
-
-    /// Takes or renews the refresher lease; true while `owner` holds it.
-    pub async fn hold_lease(&self, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let key = format!("{}top:leader", self.prefix);
-        let owner = owner.to_owned();
-        let ms = ttl.as_millis() as u64;
-        self.run("lease", |mut c| async move {
-            // Renew if ours, else take it if free: one atomic script.
-            redis::Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-                   return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
-                 else \
-                   return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 \
-                 end",
-            )
-            .key(key)
-            .arg(owner)
-            .arg(ms)
-            .invoke_async::<i64>(&mut c)
-            .await
-            .map(|n| n == 1)
         })
         .await
     }

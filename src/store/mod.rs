@@ -5,6 +5,8 @@
 //! - `<prefix>{c:<id>}:holders` hash: user id -> `code|sequence|issued_at_ms`
 //! - `<prefix>{c:<id>}:outbox`  stream of issued coupons, consumer group `relay`
 //! - `<prefix>campaigns`        set of armed campaign ids (read by the relay)
+//! - `<prefix><role>:leader`    lease of the one instance doing a role's work
+//!   (`top`: the top-products refresher; `reconcile`: the scheduled pass)
 //!
 //! Every call is bounded by the configured timeout, including the wait for a pooled
 //! connection; whatever goes wrong comes back as [`StoreError::Unavailable`].
@@ -25,6 +27,9 @@ use crate::telemetry::metrics;
 
 /// Consumer group of the outbox streams.
 pub const RELAY_GROUP: &str = "relay";
+
+/// Entries read per step when a campaign's holders or outbox are walked.
+pub const PAGE: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +53,8 @@ pub struct ArmSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveFigures {
     pub issued: i64,
+    /// Entries of the holders hash.
+    pub holders: i64,
     pub pending_events: i64,
     pub paused: bool,
 }
@@ -77,6 +84,7 @@ pub struct RedisStore {
     issue_script: Script,
     arm_script: Script,
     catch_up_script: Script,
+    lease_script: Script,
 }
 
 impl RedisStore {
@@ -92,6 +100,14 @@ impl RedisStore {
             issue_script: Script::new(include_str!("lua/issue.lua")),
             arm_script: Script::new(include_str!("lua/arm.lua")),
             catch_up_script: Script::new(include_str!("lua/catch_up.lua")),
+            // Renew if ours, else take it if free: one atomic step.
+            lease_script: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                   return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+                 else \
+                   return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 \
+                 end",
+            ),
         })
     }
 
@@ -330,62 +346,77 @@ impl RedisStore {
         Ok(Some(restored))
     }
 
-    /// Every holder of a campaign (HSCAN in pages of 1000, each page within the
-    /// timeout); `progress` is called with the count read so far.
-    pub async fn all_holders(
+    /// One page of a campaign's holders: HSCAN from `cursor` (0 to start), about
+    /// `PAGE` entries; the next cursor is 0 at the end. A holder may come twice
+    /// when the hash grows during the scan (Redis's SCAN guarantee).
+    pub async fn holders_page(
         &self,
         id: CampaignId,
-        mut progress: impl FnMut(usize),
-    ) -> StoreResult<Vec<Coupon>> {
+        cursor: u64,
+    ) -> StoreResult<(u64, Vec<Coupon>)> {
         let key = self.key(id, "holders");
-        let mut cursor = 0u64;
-        let mut holders = Vec::new();
-        loop {
-            let key = key.clone();
-            let (next, page): (u64, Vec<(String, String)>) = self
-                .run("hscan", |mut c| async move {
-                    redis::cmd("HSCAN")
-                        .arg(&key)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            holders.extend(
-                page.iter()
-                    .filter_map(|(user, raw)| parse_holder(id, user, raw)),
-            );
-            progress(holders.len());
-            if next == 0 {
-                return Ok(holders);
-            }
-            cursor = next;
-        }
+        let (next, page): (u64, Vec<(String, String)>) = self
+            .run("hscan", |mut c| async move {
+                redis::cmd("HSCAN")
+                    .arg(&key)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(PAGE)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let holders = page
+            .iter()
+            .filter_map(|(user, raw)| parse_holder(id, user, raw))
+            .collect();
+        Ok((next, holders))
     }
 
-    /// Every entry still in a campaign's outbox (not yet delivered to Kafka).
-    pub async fn outbox_entries(&self, id: CampaignId) -> StoreResult<Vec<OutboxEntry>> {
-        let key = self.key(id, "outbox");
-        let mut start = "-".to_owned();
-        let mut entries = Vec::new();
-        loop {
-            let key = key.clone();
-            let from = start.clone();
-            let page: redis::streams::StreamRangeReply = self
-                .run("xrange", |mut c| async move {
-                    c.xrange_count(&key, from, "+", 1000).await
-                })
-                .await?;
-            let last = page.ids.last().map(|e| e.id.clone());
-            let full = page.ids.len() == 1000;
-            entries.extend(page.ids.into_iter().filter_map(|e| outbox_entry(id, e)));
-            match last {
-                Some(last) if full => start = format!("({last}"),
-                _ => return Ok(entries),
-            }
+    /// Which of `users` Redis holds a coupon for in a campaign (HMGET), in order.
+    pub async fn known_holders(&self, id: CampaignId, users: &[&str]) -> StoreResult<Vec<bool>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
         }
+        let key = self.key(id, "holders");
+        let users: Vec<String> = users.iter().map(|u| (*u).to_owned()).collect();
+        let raw: Vec<Option<String>> = self
+            .run("hmget", |mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(&users)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(raw.iter().map(Option::is_some).collect())
+    }
+
+    /// One page of a campaign's outbox (coupons not yet delivered to Kafka), oldest
+    /// first, after stream id `after` (None to start); the id to continue from is
+    /// None at the end.
+    pub async fn outbox_page(
+        &self,
+        id: CampaignId,
+        after: Option<&str>,
+    ) -> StoreResult<(Vec<OutboxEntry>, Option<String>)> {
+        let key = self.key(id, "outbox");
+        let from = after.map_or_else(|| "-".to_owned(), |last| format!("({last}"));
+        let page: redis::streams::StreamRangeReply = self
+            .run("xrange", |mut c| async move {
+                c.xrange_count(&key, from, "+", PAGE).await
+            })
+            .await?;
+        let next = match page.ids.last() {
+            Some(last) if page.ids.len() == PAGE => Some(last.id.clone()),
+            _ => None,
+        };
+        let entries = page
+            .ids
+            .into_iter()
+            .filter_map(|e| outbox_entry(id, e))
+            .collect();
+        Ok((entries, next))
     }
 
     /// Puts coupons back into a campaign's outbox, with fresh event ids, so the relay
@@ -417,6 +448,21 @@ impl RedisStore {
         Ok(coupons.len())
     }
 
+    /// Takes or renews the lease `<prefix><role>:leader`; true while `owner` holds
+    /// it. One instance at a time does a role's work; when it stops renewing,
+    /// another takes over after `ttl`.
+    pub async fn hold_lease(&self, role: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut invocation = self.lease_script.prepare_invoke();
+        invocation
+            .key(format!("{}{role}:leader", self.prefix))
+            .arg(owner)
+            .arg(ttl.as_millis() as u64);
+        self.run("lease", |mut c| async move {
+            invocation.invoke_async::<i64>(&mut c).await.map(|n| n == 1)
+        })
+        .await
+    }
+
     /// Sets the marketing brake on an armed campaign (no-op if not armed).
     pub async fn set_paused(&self, id: CampaignId, paused: bool) -> StoreResult<()> {
         let key = self.key(id, "meta");
@@ -432,22 +478,26 @@ impl RedisStore {
         .await
     }
 
-    /// Issued count, pending outbox entries and brake of one campaign; None if not armed.
+    /// Issued count, holders, pending outbox entries and brake of one campaign; None
+    /// if not armed.
     pub async fn figures(&self, id: CampaignId) -> StoreResult<Option<LiveFigures>> {
         let meta = self.key(id, "meta");
         let outbox = self.key(id, "outbox");
-        let (issued, paused, pending): (Option<i64>, Option<i64>, i64) = self
+        let holders = self.key(id, "holders");
+        let (issued, paused, pending, holders): (Option<i64>, Option<i64>, i64, i64) = self
             .run("figures", |mut c| async move {
                 redis::pipe()
                     .hget(&meta, "issued")
                     .hget(&meta, "paused")
                     .xlen(&outbox)
+                    .hlen(&holders)
                     .query_async(&mut c)
                     .await
             })
             .await?;
         Ok(issued.map(|issued| LiveFigures {
             issued,
+            holders,
             pending_events: pending,
             paused: paused == Some(1),
         }))

@@ -8,12 +8,16 @@ use serde_json::Value;
 
 use crate::helpers::{assert_problem, flashcoupon_command, spawn_app_with, TestApp};
 
+async fn redis_connection(app: &TestApp) -> redis::aio::MultiplexedConnection {
+    use secrecy::ExposeSecret;
+    let client = redis::Client::open(app.settings.redis.url.expose_secret()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
 /// Redis "loses" a holder and its share of the issued counter, as a failover
 /// without the WAIT mode can.
 async fn lose_in_redis(app: &TestApp, campaign: i64, user: &str, issued: i64) {
-    use secrecy::ExposeSecret;
-    let client = redis::Client::open(app.settings.redis.url.expose_secret()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_connection(app).await;
     let prefix = &app.settings.redis.key_prefix;
     let _: () = redis::pipe()
         .hdel(format!("{prefix}{{c:{campaign}}}:holders"), user)
@@ -24,9 +28,7 @@ async fn lose_in_redis(app: &TestApp, campaign: i64, user: &str, issued: i64) {
 }
 
 async fn holder_known(app: &TestApp, campaign: i64, user: &str) -> bool {
-    use secrecy::ExposeSecret;
-    let client = redis::Client::open(app.settings.redis.url.expose_secret()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_connection(app).await;
     let prefix = &app.settings.redis.key_prefix;
     redis::AsyncCommands::hexists(&mut conn, format!("{prefix}{{c:{campaign}}}:holders"), user)
         .await
@@ -248,4 +250,65 @@ async fn the_scheduled_pass_rearms_a_live_campaign_redis_lost_entirely() {
         5
     );
     app.stop().await;
+}
+
+async fn reconcile_leader(app: &TestApp) -> Option<String> {
+    let mut conn = redis_connection(app).await;
+    let key = format!("{}reconcile:leader", app.settings.redis.key_prefix);
+    redis::AsyncCommands::get(&mut conn, key).await.unwrap()
+}
+
+#[tokio::test]
+async fn one_instance_runs_the_scheduled_pass_and_another_takes_over_when_it_stops() {
+    let first = spawn_app_with(|s| {
+        s.reconcile.interval_secs = 1;
+        s.reconcile.grace_secs = 0;
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        if let Some(owner) = reconcile_leader(&first).await {
+            break owner;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no instance took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A second instance of the same service (same Redis prefix, same database)
+    // leaves the pass to the leader while it lives.
+    let second = crate::helpers::start_app(first.settings.clone(), first.db.clone()).await;
+    let campaign = first.open_campaign(5).await;
+    coupon_code(&first, campaign, "kept").await;
+    let lost = coupon_code(&second, campaign, "lost").await;
+    assert_eq!(
+        first
+            .wait_persisted(campaign, 2, Duration::from_secs(60))
+            .await,
+        2
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        reconcile_leader(&first).await.as_deref(),
+        Some(leader.as_str())
+    );
+
+    // The leader stops; Redis then loses a holder. The survivor takes the lease
+    // once it expires (three intervals) and catches Redis up.
+    first.stop().await;
+    lose_in_redis(&second, campaign, "lost", 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !holder_known(&second, campaign, "lost").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no instance took over the pass"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let owner = reconcile_leader(&second).await.expect("a leader");
+    assert_ne!(owner, leader, "the stopped instance still holds the lease");
+    let again = assert_problem(second.claim(campaign, "lost").await, 409, "already-issued").await;
+    assert_eq!(again["coupon"]["coupon_code"], lost.as_str());
+    second.stop().await;
 }
