@@ -10,7 +10,7 @@
 //! On-call runs `flashcoupon reconcile`.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use fixedbitset::FixedBitSet;
@@ -70,6 +70,10 @@ const MAX_TRACKED_SEQUENCE: i64 = 1 << 30;
 ///
 /// A holder HSCAN returns twice (the hash grew during the scan) counts once: the
 /// sequences seen are kept in a bit set.
+///
+/// The scheduled pass may [`Self::trust`] what an earlier pass settled: holders
+/// up to a sequence were then matched, so they count as matched without asking
+/// MySQL again, and only newer coupons are looked up.
 pub struct Comparison {
     now: DateTime<Utc>,
     grace: chrono::Duration,
@@ -77,6 +81,9 @@ pub struct Comparison {
     holders: usize,
     matched: usize,
     max_sequence: i64,
+    trusted_up_to: i64,
+    /// Lowest sequence of a holder not matched with its own code in MySQL.
+    lowest_unsettled: Option<i64>,
     suspects: Vec<Coupon>,
     out: Differences,
 }
@@ -90,9 +97,35 @@ impl Comparison {
             holders: 0,
             matched: 0,
             max_sequence: 0,
+            trusted_up_to: 0,
+            lowest_unsettled: None,
             suspects: Vec::new(),
             out: Differences::default(),
         }
+    }
+
+    /// Counts holders up to `sequence` as matched, as an earlier pass found them.
+    pub fn trust(mut self, sequence: i64) -> Self {
+        self.trusted_up_to = sequence.max(0);
+        self
+    }
+
+    /// Whether MySQL must be asked about this holder (it is newer than the trust).
+    pub fn needs_lookup(&self, coupon: &Coupon) -> bool {
+        coupon.sequence > self.trusted_up_to || coupon.sequence < 1
+    }
+
+    /// Every holder up to this sequence was matched with its own code (the whole
+    /// walk if none was left unmatched): what a later pass may trust.
+    pub fn settled_up_to(&self) -> i64 {
+        match self.lowest_unsettled {
+            Some(lowest) => lowest - 1,
+            None => self.max_sequence,
+        }
+    }
+
+    fn unsettled(&mut self, sequence: i64) {
+        self.lowest_unsettled = Some(self.lowest_unsettled.map_or(sequence, |l| l.min(sequence)));
     }
 
     /// True the first time a holder's sequence is seen.
@@ -117,7 +150,11 @@ impl Comparison {
             }
             self.holders += 1;
             self.max_sequence = self.max_sequence.max(coupon.sequence);
-            self.place(coupon, stored.get(coupon.user_id.as_str()).copied());
+            if self.needs_lookup(coupon) {
+                self.place(coupon, stored.get(coupon.user_id.as_str()).copied());
+            } else {
+                self.matched += 1;
+            }
         }
     }
 
@@ -127,13 +164,20 @@ impl Comparison {
                 self.matched += 1;
                 self.max_sequence = self.max_sequence.max(stored.sequence);
                 if stored.coupon_code != coupon.coupon_code {
+                    self.unsettled(coupon.sequence);
                     self.out
                         .code_mismatch
                         .push((coupon.clone(), stored.clone()));
                 }
             }
-            None if self.now - coupon.issued_at < self.grace => self.out.in_flight += 1,
-            None => self.suspects.push(coupon.clone()),
+            None => {
+                self.unsettled(coupon.sequence);
+                if self.now - coupon.issued_at < self.grace {
+                    self.out.in_flight += 1
+                } else {
+                    self.suspects.push(coupon.clone())
+                }
+            }
         }
     }
 
@@ -217,6 +261,8 @@ pub struct Report {
     pub outbox_pending: usize,
     pub mysql_rows: usize,
     pub differences: Differences,
+    /// Holders up to this sequence were matched with their own code in MySQL.
+    pub settled_up_to: i64,
 }
 
 impl Report {
@@ -248,9 +294,10 @@ pub struct Reconciler {
     store: RedisStore,
     db: Database,
     grace: Duration,
-    /// Pause between pages, so a scheduled pass over a large campaign yields the
-    /// CPU to shoppers (zero for on-call's CLI).
-    pace: Duration,
+    /// After each page, a pause of this many times the page's own time, so a
+    /// scheduled pass over a large campaign leaves the CPU (its own, Redis's and
+    /// MariaDB's) to shoppers; zero for on-call's CLI.
+    pace: u32,
     /// Re-arms campaigns Redis lost entirely, by the start-up rule.
     issuance: IssuanceService,
 }
@@ -262,20 +309,21 @@ impl Reconciler {
             store,
             db,
             grace,
-            pace: Duration::ZERO,
+            pace: 0,
             issuance,
         }
     }
 
-    /// Pauses `pace` between pages.
-    pub fn with_pace(mut self, pace: Duration) -> Self {
+    /// Pauses `pace` times each page's own time after it: the walk works for at
+    /// most 1 / (1 + pace) of its time.
+    pub fn with_pace(mut self, pace: u32) -> Self {
         self.pace = pace;
         self
     }
 
-    async fn breathe(&self) {
-        if !self.pace.is_zero() {
-            tokio::time::sleep(self.pace).await;
+    async fn breathe(&self, page_started: Instant) {
+        if self.pace > 0 {
+            tokio::time::sleep(page_started.elapsed() * self.pace).await;
         }
     }
 
@@ -316,6 +364,17 @@ impl Reconciler {
     pub async fn check(
         &self,
         campaign: CampaignId,
+        progress: impl FnMut(usize),
+    ) -> Result<Report, ServiceError> {
+        self.check_trusting(campaign, 0, progress).await
+    }
+
+    /// [`Self::check`], trusting that holders up to sequence `trusted` are in MySQL
+    /// with their code (an earlier pass's [`Report::settled_up_to`]).
+    pub async fn check_trusting(
+        &self,
+        campaign: CampaignId,
+        trusted: i64,
         mut progress: impl FnMut(usize),
     ) -> Result<Report, ServiceError> {
         let Some(_) = self.store.figures(campaign).await? else {
@@ -333,15 +392,21 @@ impl Reconciler {
                 outbox_pending: 0,
                 mysql_rows,
                 differences: Differences::default(),
+                settled_up_to: 0,
             });
         };
-        let mut comparison = Comparison::new(Utc::now(), self.grace);
+        let mut comparison = Comparison::new(Utc::now(), self.grace).trust(trusted);
         // 1. Holders, each page against MySQL (Redis first: a coupon issued after
         //    its page was read is simply not seen).
         let mut cursor = 0;
         loop {
+            let page_started = Instant::now();
             let (next, page) = self.store.holders_page(campaign, cursor).await?;
-            let users: Vec<&str> = page.iter().map(|c| c.user_id.as_str()).collect();
+            let users: Vec<&str> = page
+                .iter()
+                .filter(|c| comparison.needs_lookup(c))
+                .map(|c| c.user_id.as_str())
+                .collect();
             let rows = self
                 .db
                 .coupons_of_users(campaign, &users)
@@ -353,22 +418,24 @@ impl Reconciler {
                 break;
             }
             cursor = next;
-            self.breathe().await;
+            self.breathe(page_started).await;
         }
         // 2. and 3. Old coupons MySQL lacked: in the outbox, or persisted since?
         if comparison.has_suspects() {
             let mut after: Option<String> = None;
             loop {
+                let page_started = Instant::now();
                 let (entries, next) = self.store.outbox_page(campaign, after.as_deref()).await?;
                 comparison.in_outbox(entries.iter().map(|e| e.user_id.as_str()));
                 match next {
                     Some(next) => after = Some(next),
                     None => break,
                 }
-                self.breathe().await;
+                self.breathe(page_started).await;
             }
             let left = comparison.take_suspects();
             for chunk in left.chunks(PAGE) {
+                let page_started = Instant::now();
                 let users: Vec<&str> = chunk.iter().map(|c| c.user_id.as_str()).collect();
                 let rows = self
                     .db
@@ -376,6 +443,7 @@ impl Reconciler {
                     .await
                     .map_err(Self::db_error)?;
                 comparison.recheck(chunk, &rows);
+                self.breathe(page_started).await;
             }
         }
         // 4. Rows Redis does not know, only if MySQL has more than were matched.
@@ -387,6 +455,7 @@ impl Reconciler {
         if comparison.mysql_has_unmatched(mysql_rows) {
             let mut after: Option<String> = None;
             loop {
+                let page_started = Instant::now();
                 let rows = self
                     .db
                     .coupons_page(campaign, after.as_deref(), PAGE as u64)
@@ -405,7 +474,7 @@ impl Reconciler {
                 if !full {
                     break;
                 }
-                self.breathe().await;
+                self.breathe(page_started).await;
             }
         }
         // 5. The counter, read last.
@@ -421,6 +490,7 @@ impl Reconciler {
                 .map(|f| f.pending_events.max(0) as usize)
                 .unwrap_or(0),
             mysql_rows: mysql_rows as usize,
+            settled_up_to: comparison.settled_up_to(),
             differences: comparison.finish(redis_issued),
         })
     }
@@ -497,17 +567,68 @@ impl Reconciler {
 /// Role of the scheduled pass in [`RedisStore::hold_lease`].
 const LEASE_ROLE: &str = "reconcile";
 
-/// Pause between pages of the scheduled pass: a campaign of 350,000 holders takes
-/// about 350 pages, so the pass spends a few seconds breathing, not the CPU.
-const SCHEDULED_PACE: Duration = Duration::from_millis(5);
+/// The scheduled pass rests three times as long as each page took: it works a
+/// quarter of the time (a campaign of 350,000 holders is 350 pages, some seconds of
+/// work spread over tens of seconds), so shoppers keep the CPU during an event.
+const SCHEDULED_PACE: u32 = 3;
+
+/// A full walk, trusting nothing, at least every this many walks of a campaign
+/// whose counts keep moving (ten minutes at the default interval).
+const FULL_WALK_EVERY: u32 = 10;
+
+/// What the scheduled pass remembers of a campaign from its last walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    pub counts: Counts,
+    /// Nothing differed and nothing was in flight.
+    pub settled: bool,
+    /// Holders up to this sequence were matched (0 when something differed).
+    pub settled_up_to: i64,
+    /// Walks since the last full one.
+    pub walks_since_full: u32,
+}
+
+/// What the next pass does with one campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Settled, and no count moved since: nothing to walk.
+    Skip,
+    /// Walk, trusting holders up to this sequence (0: a full walk).
+    Walk { trusted: i64 },
+}
+
+/// The rule of the scheduled pass: skip a settled campaign whose counts did not
+/// move; walk only the new coupons of one that grew; walk everything the first
+/// time, when a count went back (Redis or MySQL lost something), and every
+/// [`FULL_WALK_EVERY`] walks.
+pub fn plan(last: Option<&Remembered>, now: &Counts) -> Plan {
+    let Some(last) = last else {
+        return Plan::Walk { trusted: 0 };
+    };
+    if last.settled && last.counts == *now {
+        return Plan::Skip;
+    }
+    let went_back = match (last.counts.redis, now.redis) {
+        (Some((issued, holders, _)), Some((issued_now, holders_now, _))) => {
+            issued_now < issued || holders_now < holders
+        }
+        _ => true,
+    } || now.mysql_rows < last.counts.mysql_rows;
+    if went_back || last.walks_since_full + 1 >= FULL_WALK_EVERY {
+        Plan::Walk { trusted: 0 }
+    } else {
+        Plan::Walk {
+            trusted: last.settled_up_to,
+        }
+    }
+}
 
 /// The service's scheduled pass: every `interval`, the instance holding the lease
 /// (`<prefix>reconcile:leader`, kept for three intervals) re-arms live campaigns
-/// Redis lost entirely, checks recent campaigns, exports the gauges and, where
-/// Redis is behind MySQL, catches Redis up at once (stock given away must never be
-/// handed out again). Missing MySQL rows are only reported: the alert sends
-/// on-call to `flashcoupon reconcile --repair`. A campaign found settled (nothing
-/// differs, nothing in flight) is not walked again until one of its counts moves.
+/// Redis lost entirely, checks recent campaigns by [`plan`], exports the gauges
+/// and, where Redis is behind MySQL, catches Redis up at once (stock given away
+/// must never be handed out again). Missing MySQL rows are only reported: the
+/// alert sends on-call to `flashcoupon reconcile --repair`.
 pub async fn run_periodic(
     reconciler: Reconciler,
     interval: Duration,
@@ -516,7 +637,7 @@ pub async fn run_periodic(
 ) {
     let reconciler = reconciler.with_pace(SCHEDULED_PACE);
     let owner = uuid::Uuid::new_v4().to_string();
-    let mut settled: HashMap<CampaignId, Counts> = HashMap::new();
+    let mut memory: HashMap<CampaignId, Remembered> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -531,7 +652,8 @@ pub async fn run_periodic(
         {
             Ok(true) => {}
             Ok(false) => {
-                settled.clear();
+                // Another instance runs the pass; start afresh if this one takes over.
+                memory.clear();
                 continue;
             }
             Err(err) => {
@@ -549,12 +671,13 @@ pub async fn run_periodic(
                 continue;
             }
         };
-        settled.retain(|id, _| campaigns.iter().any(|c| c.id == *id));
+        memory.retain(|id, _| campaigns.iter().any(|c| c.id == *id));
         for campaign in campaigns {
             if shutdown.is_cancelled() {
                 return;
             }
-            if let Err(err) = pass_one(&reconciler, campaign.id, &mut settled).await {
+            if let Err(err) = pass_one(&reconciler, campaign.id, &mut memory).await {
+                memory.remove(&campaign.id);
                 tracing::warn!(campaign_id = campaign.id, error = %err, "reconcile check failed");
             }
         }
@@ -565,20 +688,29 @@ pub async fn run_periodic(
 async fn pass_one(
     reconciler: &Reconciler,
     campaign: CampaignId,
-    settled: &mut HashMap<CampaignId, Counts>,
+    memory: &mut HashMap<CampaignId, Remembered>,
 ) -> Result<(), ServiceError> {
     let counts = reconciler.counts(campaign).await?;
-    if settled.get(&campaign) == Some(&counts) {
+    let last = memory.get(&campaign).copied();
+    let Plan::Walk { trusted } = plan(last.as_ref(), &counts) else {
         return Ok(());
-    }
-    let report = reconciler.check(campaign, |_| {}).await?;
+    };
+    let report = reconciler.check_trusting(campaign, trusted, |_| {}).await?;
     Reconciler::export(&report);
     reconciler.catch_up_redis(&report).await?;
-    if report.settled() {
-        settled.insert(campaign, counts);
-    } else {
-        settled.remove(&campaign);
-    }
+    let clean = report.differences.is_clean();
+    memory.insert(
+        campaign,
+        Remembered {
+            counts,
+            settled: report.settled(),
+            settled_up_to: if clean { report.settled_up_to } else { 0 },
+            walks_since_full: match (trusted, last) {
+                (0, _) | (_, None) => 0,
+                (_, Some(last)) => last.walks_since_full + 1,
+            },
+        },
+    );
     Ok(())
 }
 
@@ -758,5 +890,84 @@ mod tests {
         let mut comparison = Comparison::new(now(), GRACE);
         comparison.holders(&odd, &odd);
         assert_eq!(comparison.holders_seen(), 2);
+    }
+
+    #[test]
+    fn a_pass_trusting_earlier_matches_asks_mysql_only_about_newer_holders() {
+        let old = coupon("a", "A", 1, 100);
+        let new = coupon("b", "B", 2, 100);
+        let mut comparison = Comparison::new(now(), GRACE).trust(1);
+        assert!(!comparison.needs_lookup(&old));
+        assert!(comparison.needs_lookup(&new));
+        // Only "b" was looked up; "a" counts as matched from the earlier pass.
+        comparison.holders(&[old.clone(), new.clone()], std::slice::from_ref(&new));
+        assert!(!comparison.mysql_has_unmatched(2));
+        assert_eq!(comparison.settled_up_to(), 2);
+        assert!(comparison.finish(2).is_clean());
+    }
+
+    #[test]
+    fn what_a_later_pass_may_trust_stops_below_the_first_unmatched_holder() {
+        let mut comparison = Comparison::new(now(), GRACE);
+        let redis = [
+            coupon("a", "A", 1, 100),
+            coupon("b", "B", 2, 9_990),
+            coupon("c", "C", 3, 100),
+        ];
+        comparison.holders(&redis, &[redis[0].clone(), redis[2].clone()]);
+        assert_eq!(comparison.settled_up_to(), 1, "b is still in flight");
+        let mut comparison = Comparison::new(now(), GRACE);
+        comparison.holders(&redis, &redis);
+        assert_eq!(comparison.settled_up_to(), 3);
+    }
+
+    fn counts(issued: i64, rows: u64) -> Counts {
+        Counts {
+            redis: Some((issued, issued, 0)),
+            mysql_rows: rows,
+        }
+    }
+
+    fn remembered(counts: Counts, settled: bool, walks_since_full: u32) -> Remembered {
+        Remembered {
+            counts,
+            settled,
+            settled_up_to: 7,
+            walks_since_full,
+        }
+    }
+
+    #[test]
+    fn the_scheduled_pass_skips_settled_campaigns_and_walks_only_what_is_new() {
+        assert_eq!(plan(None, &counts(10, 10)), Plan::Walk { trusted: 0 });
+        let settled = remembered(counts(10, 10), true, 0);
+        assert_eq!(plan(Some(&settled), &counts(10, 10)), Plan::Skip);
+        assert_eq!(
+            plan(Some(&settled), &counts(12, 10)),
+            Plan::Walk { trusted: 7 }
+        );
+        // In flight last time: walked again even if nothing moved.
+        let moving = remembered(counts(10, 8), false, 3);
+        assert_eq!(
+            plan(Some(&moving), &counts(10, 8)),
+            Plan::Walk { trusted: 7 }
+        );
+    }
+
+    #[test]
+    fn a_count_going_back_or_the_tenth_walk_trusts_nothing() {
+        let last = remembered(counts(10, 8), false, 0);
+        assert_eq!(plan(Some(&last), &counts(9, 9)), Plan::Walk { trusted: 0 });
+        assert_eq!(plan(Some(&last), &counts(11, 7)), Plan::Walk { trusted: 0 });
+        let unarmed = Counts {
+            redis: None,
+            mysql_rows: 8,
+        };
+        assert_eq!(plan(Some(&last), &unarmed), Plan::Walk { trusted: 0 });
+        let ninth = remembered(counts(10, 8), false, FULL_WALK_EVERY - 1);
+        assert_eq!(
+            plan(Some(&ninth), &counts(11, 9)),
+            Plan::Walk { trusted: 0 }
+        );
     }
 }

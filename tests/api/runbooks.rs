@@ -23,6 +23,10 @@ fn service_command(port: u16, group: &str, args: &[&str]) -> Command {
         // Its own Redis keys, so no other instance on this machine relays its coupons.
         .env("FLASHCOUPON__REDIS__KEY_PREFIX", format!("{group}:"))
         .env("FLASHCOUPON__CATALOG__SALES_ENABLED", "false")
+        // A pass every second, so `reconcile_differences` has a series for the
+        // campaign this test opens (at the default 60 s the first pass may run
+        // before the campaign exists, and the next comes after the test).
+        .env("FLASHCOUPON__RECONCILE__INTERVAL_SECS", "1")
         .env("FLASHCOUPON__ADMIN__TOKEN", ADMIN_TOKEN)
         .env("FLASHCOUPON__LOG__FILTER", "warn");
     cmd
