@@ -343,6 +343,28 @@ impl Reconciler {
         ServiceError::Unavailable(e.to_string())
     }
 
+    /// Coupon rows of the campaign in MySQL.
+    async fn mysql_rows(&self, campaign: CampaignId) -> Result<u64, ServiceError> {
+        let rows = self
+            .db
+            .persisted_count(campaign)
+            .await
+            .map_err(Self::db_error)?;
+        Ok(rows as u64)
+    }
+
+    /// MySQL's rows for these shoppers of the campaign.
+    async fn mysql_coupons_of(
+        &self,
+        campaign: CampaignId,
+        users: &[&str],
+    ) -> Result<Vec<Coupon>, ServiceError> {
+        self.db
+            .coupons_of_users(campaign, users)
+            .await
+            .map_err(Self::db_error)
+    }
+
     /// Issued counter, holders and outbox length in Redis, and rows in MySQL.
     pub async fn counts(&self, campaign: CampaignId) -> Result<Counts, ServiceError> {
         let redis = self
@@ -350,11 +372,7 @@ impl Reconciler {
             .figures(campaign)
             .await?
             .map(|f| (f.issued, f.holders, f.pending_events));
-        let mysql_rows = self
-            .db
-            .persisted_count(campaign)
-            .await
-            .map_err(Self::db_error)? as u64;
+        let mysql_rows = self.mysql_rows(campaign).await?;
         Ok(Counts { redis, mysql_rows })
     }
 
@@ -379,11 +397,7 @@ impl Reconciler {
     ) -> Result<Report, ServiceError> {
         let Some(_) = self.store.figures(campaign).await? else {
             // Not armed: nothing to compare (arming restores Redis from MySQL).
-            let mysql_rows = self
-                .db
-                .persisted_count(campaign)
-                .await
-                .map_err(Self::db_error)? as usize;
+            let mysql_rows = self.mysql_rows(campaign).await? as usize;
             return Ok(Report {
                 campaign_id: campaign,
                 armed: false,
@@ -407,11 +421,7 @@ impl Reconciler {
                 .filter(|c| comparison.needs_lookup(c))
                 .map(|c| c.user_id.as_str())
                 .collect();
-            let rows = self
-                .db
-                .coupons_of_users(campaign, &users)
-                .await
-                .map_err(Self::db_error)?;
+            let rows = self.mysql_coupons_of(campaign, &users).await?;
             comparison.holders(&page, &rows);
             progress(comparison.holders_seen());
             if next == 0 {
@@ -437,21 +447,13 @@ impl Reconciler {
             for chunk in left.chunks(PAGE) {
                 let page_started = Instant::now();
                 let users: Vec<&str> = chunk.iter().map(|c| c.user_id.as_str()).collect();
-                let rows = self
-                    .db
-                    .coupons_of_users(campaign, &users)
-                    .await
-                    .map_err(Self::db_error)?;
+                let rows = self.mysql_coupons_of(campaign, &users).await?;
                 comparison.recheck(chunk, &rows);
                 self.breathe(page_started).await;
             }
         }
         // 4. Rows Redis does not know, only if MySQL has more than were matched.
-        let mysql_rows = self
-            .db
-            .persisted_count(campaign)
-            .await
-            .map_err(Self::db_error)? as u64;
+        let mysql_rows = self.mysql_rows(campaign).await?;
         if comparison.mysql_has_unmatched(mysql_rows) {
             let mut after: Option<String> = None;
             loop {

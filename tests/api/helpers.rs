@@ -362,38 +362,54 @@ impl Drop for Process {
     }
 }
 
-/// A redis-server of this test alone, on a free port.
+/// A redis-server of this test alone, on a free port, in a directory of its own:
+/// a replica writes the primary's snapshot to `dump.rdb` in its working directory
+/// whatever `--save` says, and that must not land in the checkout.
 pub struct PrivateRedis {
     pub port: u16,
     process: Process,
+    dir: std::path::PathBuf,
 }
 
 impl PrivateRedis {
     pub async fn start() -> Self {
         let port = free_port();
-        let process = Self::launch(port).await;
-        Self { port, process }
+        let dir = Self::own_dir(port);
+        let process = Self::launch(port, &dir).await;
+        Self { port, process, dir }
     }
 
     /// A replica of `primary`, on a port of its own.
     pub async fn replica_of(primary: &PrivateRedis) -> Self {
         let port = free_port();
-        let process = Process::spawn(
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--replicaof", "127.0.0.1", &primary.port.to_string()]),
-        );
+        let dir = Self::own_dir(port);
+        let process = Process::spawn(Self::command(port, &dir).args([
+            "--replicaof",
+            "127.0.0.1",
+            &primary.port.to_string(),
+        ]));
         wait_for_port(port, Duration::from_secs(10)).await;
-        Self { port, process }
+        Self { port, process, dir }
     }
 
-    async fn launch(port: u16) -> Process {
-        let process = Process::spawn(
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"]),
-        );
+    fn own_dir(port: u16) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("redis-{port}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn command(port: u16, dir: &std::path::Path) -> Command {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir);
+        command
+    }
+
+    async fn launch(port: u16, dir: &std::path::Path) -> Process {
+        let process = Process::spawn(&mut Self::command(port, dir));
         wait_for_port(port, Duration::from_secs(10)).await;
         process
     }
@@ -412,7 +428,14 @@ impl PrivateRedis {
 
     /// Starts again, empty, on the same port.
     pub async fn restart(&mut self) {
-        self.process = Self::launch(self.port).await;
+        self.process = Self::launch(self.port, &self.dir).await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
