@@ -17,7 +17,7 @@ use crate::domain::{
     NewCampaign, NotOpenReason, UserId,
 };
 use crate::persistence::{Database, DbError};
-use crate::store::{ArmSpec, RedisStore, StoreError};
+use crate::store::{ArmSpec, RedisStore, StoreError, PAGE};
 use crate::telemetry::metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -340,14 +340,24 @@ impl IssuanceService {
         if self.store.is_armed(campaign.id).await? {
             return Ok(false);
         }
-        let coupons = self.db.coupons_of_campaign(campaign.id).await?;
-        self.store.restore_holders(campaign.id, &coupons).await?;
-        let issued = coupons
-            .iter()
-            .map(|c| c.sequence)
-            .max()
-            .unwrap_or(0)
-            .max(coupons.len() as i64);
+        // A page at a time: a campaign of millions of holders is re-armed in the
+        // memory of one page.
+        let (mut restored, mut highest) = (0i64, 0i64);
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .db
+                .coupons_page(campaign.id, after.as_deref(), PAGE as u64)
+                .await?;
+            self.store.restore_holders(campaign.id, &page).await?;
+            restored += page.len() as i64;
+            highest = page.iter().map(|c| c.sequence).fold(highest, i64::max);
+            if page.len() < PAGE {
+                break;
+            }
+            after = page.last().map(|c| c.user_id.clone());
+        }
+        let issued = highest.max(restored);
         let armed = self.store.arm(&arm_spec(campaign), issued).await?;
         if armed {
             tracing::warn!(

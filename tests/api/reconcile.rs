@@ -252,6 +252,66 @@ async fn the_scheduled_pass_rearms_a_live_campaign_redis_lost_entirely() {
     app.stop().await;
 }
 
+/// Re-arming reads MySQL a page (1,000 rows) at a time: a campaign of 2,500 holders
+/// comes back whole, the last page short, and its counter at the highest sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_larger_than_a_page_is_rearmed_with_every_holder() {
+    const HOLDERS: i64 = 2_500;
+    let app = spawn_app_with(|s| s.reconcile.interval_secs = 0).await;
+    let campaign = app.open_campaign(HOLDERS + 2).await;
+    // The coupons as the persister writes them; user ids sort apart from their
+    // sequence so the pages do not follow the order of issue.
+    let values: Vec<String> = (1..=HOLDERS)
+        .map(|seq| {
+            format!(
+                "('e-{campaign}-{seq}', {campaign}, 'shopper-{}', 'CODE{seq:06}', {seq}, NOW(6), NOW(6))",
+                (seq * 7919) % 10_007
+            )
+        })
+        .collect();
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO issued_coupon (event_id, campaign_id, user_id, coupon_code, sequence, \
+             issued_at, persisted_at) VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+    let deleted = crate::helpers::flush_prefix(&app.settings).await;
+    assert!(deleted >= 1, "only {deleted} key(s) deleted");
+
+    let status = flashcoupon_command(&app.settings, &["campaign", "arm"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let mut conn = redis_connection(&app).await;
+    let holders_key = format!("{}{{c:{campaign}}}:holders", app.settings.redis.key_prefix);
+    let holders: i64 = redis::cmd("HLEN")
+        .arg(&holders_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(holders, HOLDERS);
+    let figures = app.admin_get(campaign).await;
+    assert_eq!(figures["issued"], HOLDERS, "{figures}");
+    // The first and the last shopper of the walk keep their coupon...
+    for seq in [1, HOLDERS] {
+        let user = format!("shopper-{}", (seq * 7919) % 10_007);
+        let again = assert_problem(app.claim(campaign, &user).await, 409, "already-issued").await;
+        assert_eq!(
+            again["coupon"]["coupon_code"],
+            format!("CODE{seq:06}"),
+            "{user}"
+        );
+    }
+    // ...and only the two coupons never issued are left.
+    assert_eq!(app.claim(campaign, "newcomer-1").await.status(), 201);
+    assert_eq!(app.claim(campaign, "newcomer-2").await.status(), 201);
+    assert_problem(app.claim(campaign, "newcomer-3").await, 410, "sold-out").await;
+    app.stop().await;
+}
+
 async fn reconcile_leader(app: &TestApp) -> Option<String> {
     let mut conn = redis_connection(app).await;
     let key = format!("{}reconcile:leader", app.settings.redis.key_prefix);
