@@ -362,6 +362,14 @@ impl Drop for Process {
     }
 }
 
+/// A fresh directory under the system's temp directory, named `<name>-<uuid>`, for
+/// a private server's files (its owner removes it when dropped).
+fn private_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A redis-server of this test alone, on a free port, in a directory of its own:
 /// a replica writes the primary's snapshot to `dump.rdb` in its working directory
 /// whatever `--save` says, and that must not land in the checkout.
@@ -374,7 +382,7 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     pub async fn start() -> Self {
         let port = free_port();
-        let dir = Self::own_dir(port);
+        let dir = private_dir(&format!("redis-{port}"));
         let process = Self::launch(port, &dir).await;
         Self { port, process, dir }
     }
@@ -382,7 +390,7 @@ impl PrivateRedis {
     /// A replica of `primary`, on a port of its own.
     pub async fn replica_of(primary: &PrivateRedis) -> Self {
         let port = free_port();
-        let dir = Self::own_dir(port);
+        let dir = private_dir(&format!("redis-{port}"));
         let process = Process::spawn(Self::command(port, &dir).args([
             "--replicaof",
             "127.0.0.1",
@@ -390,12 +398,6 @@ impl PrivateRedis {
         ]));
         wait_for_port(port, Duration::from_secs(10)).await;
         Self { port, process, dir }
-    }
-
-    fn own_dir(port: u16) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("redis-{port}-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     fn command(port: u16, dir: &std::path::Path) -> Command {
@@ -450,8 +452,7 @@ pub struct PrivateSentinel {
 impl PrivateSentinel {
     pub async fn start(primary: &PrivateRedis) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("sentinel-{port}-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = private_dir(&format!("sentinel-{port}"));
         let conf = dir.join("sentinel.conf");
         std::fs::write(
             &conf,
@@ -495,20 +496,15 @@ pub struct PrivateCluster {
 
 impl PrivateCluster {
     pub async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("cluster-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = private_dir("cluster");
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for port in &ports {
             nodes.push(Process::spawn(
-                Command::new("redis-server")
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--save", "", "--appendonly", "no"])
+                PrivateRedis::command(*port, &dir)
                     .args(["--cluster-enabled", "yes"])
                     .arg("--cluster-config-file")
-                    .arg(dir.join(format!("nodes-{port}.conf")))
-                    .arg("--dir")
-                    .arg(&dir),
+                    .arg(dir.join(format!("nodes-{port}.conf"))),
             ));
         }
         for port in &ports {
@@ -693,8 +689,7 @@ pub struct PrivateMariaDb {
 impl PrivateMariaDb {
     pub async fn start() -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("fc-mariadb-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = private_dir("fc-mariadb");
         let status = Command::new("mariadb-install-db")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
@@ -839,8 +834,7 @@ pub struct PrivatePrometheus {
 impl PrivatePrometheus {
     pub async fn start(target: &str) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("fc-prom-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = private_dir("fc-prom");
         let rules = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/grafana/prometheus/rules/*.yml"
