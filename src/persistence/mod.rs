@@ -11,11 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use entity::{campaign, issued_coupon};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
+use sea_orm::sea_query::{Alias, Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, DatabaseConnection, DbErr,
-    EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
+    EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Set, TransactionTrait,
 };
 use secrecy::ExposeSecret;
 
@@ -24,6 +25,10 @@ use crate::domain::{
     Campaign, CampaignId, Coupon, CouponIssuedEvent, Discount, DiscountKind, NewCampaign,
 };
 use crate::telemetry::metrics;
+
+/// The unique (campaign_id, user_id) index of `issued_coupon`, as the migration
+/// `m20261122_000002_create_issued_coupon` names it.
+const CAMPAIGN_USER_INDEX: &str = "uq_issued_coupon_campaign_user";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -392,6 +397,11 @@ impl Database {
 
     /// One page of a campaign's persisted coupons in shopper order, after shopper
     /// `after` (None to start): keyset paging on the (campaign, user) index.
+    ///
+    /// The index is forced: left to itself, MariaDB often reads it as `ref` on the
+    /// campaign alone and filters the shoppers before `after` one by one, so each
+    /// page rereads the campaign from its start and a full walk grows with the
+    /// square of its holders (17 ms a page at 150k holders against 6 ms forced).
     pub async fn coupons_page(
         &self,
         id: CampaignId,
@@ -400,6 +410,8 @@ impl Database {
     ) -> DbResult<Vec<Coupon>> {
         let mut query =
             issued_coupon::Entity::find().filter(issued_coupon::Column::CampaignId.eq(id));
+        QueryTrait::query(&mut query)
+            .force_index(Alias::new(CAMPAIGN_USER_INDEX), IndexHintScope::All);
         if let Some(after) = after {
             query = query.filter(issued_coupon::Column::UserId.gt(after));
         }
