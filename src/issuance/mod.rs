@@ -340,24 +340,22 @@ impl IssuanceService {
         if self.store.is_armed(campaign.id).await? {
             return Ok(false);
         }
-        // A page at a time, the next read from MySQL while this one is written to
-        // Redis: a campaign of millions of holders is re-armed in two pages' memory.
+        // A page at a time: a campaign of millions of holders is re-armed in the
+        // memory of one page.
         let (mut restored, mut highest) = (0i64, 0i64);
-        let mut page = self.db.coupons_page(campaign.id, None, PAGE as u64).await?;
+        let mut after: Option<String> = None;
         loop {
+            let page = self
+                .db
+                .coupons_page(campaign.id, after.as_deref(), PAGE as u64)
+                .await?;
+            self.store.restore_holders(campaign.id, &page).await?;
             restored += page.len() as i64;
             highest = page.iter().map(|c| c.sequence).fold(highest, i64::max);
-            let Some(last) = page.last().filter(|_| page.len() == PAGE) else {
-                self.store.restore_holders(campaign.id, &page).await?;
+            if page.len() < PAGE {
                 break;
-            };
-            let (written, next) = tokio::join!(
-                self.store.restore_holders(campaign.id, &page),
-                self.db
-                    .coupons_page(campaign.id, Some(&last.user_id), PAGE as u64),
-            );
-            written?;
-            page = next?;
+            }
+            after = page.last().map(|c| c.user_id.clone());
         }
         let issued = highest.max(restored);
         let armed = self.store.arm(&arm_spec(campaign), issued).await?;
