@@ -8,6 +8,8 @@ mod m20261122_000002_create_issued_coupon;
 mod m20261122_000003_create_sales;
 mod m20261123_000001_case_sensitive_identifiers;
 
+pub use m20261122_000002_create_issued_coupon::CAMPAIGN_USER_INDEX;
+
 pub struct Migrator;
 
 #[async_trait::async_trait]

@@ -7,6 +7,10 @@ use crate::datetime_ms;
 
 use crate::m20261122_000001_create_campaign::Campaign;
 
+/// The unique (campaign_id, user_id) index: one coupon per shopper per campaign, and
+/// the order of the keyset pages that re-arm and reconcile read.
+pub const CAMPAIGN_USER_INDEX: &str = "uq_issued_coupon_campaign_user";
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -38,7 +42,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("uq_issued_coupon_campaign_user")
+                    .name(CAMPAIGN_USER_INDEX)
                     .table(IssuedCoupon::Table)
                     .col(IssuedCoupon::CampaignId)
                     .col(IssuedCoupon::UserId)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::{campaign, issued_coupon};
-use migration::{Migrator, MigratorTrait};
+use migration::{Migrator, MigratorTrait, CAMPAIGN_USER_INDEX};
 use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
 use sea_orm::sea_query::{Alias, Expr, OnConflict};
 use sea_orm::{
@@ -25,10 +25,6 @@ use crate::domain::{
     Campaign, CampaignId, Coupon, CouponIssuedEvent, Discount, DiscountKind, NewCampaign,
 };
 use crate::telemetry::metrics;
-
-/// The unique (campaign_id, user_id) index of `issued_coupon`, as the migration
-/// `m20261122_000002_create_issued_coupon` names it.
-const CAMPAIGN_USER_INDEX: &str = "uq_issued_coupon_campaign_user";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
