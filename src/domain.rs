@@ -374,6 +374,13 @@ impl OrderPaidEvent {
         if event.order_id.is_empty() || event.order_id.len() > 64 {
             return Err("order_id must be 1 to 64 characters".into());
         }
+        // What a DATETIME column holds, and what can be a real sale.
+        if !(2000..=9999).contains(&event.paid_at.year()) {
+            return Err(format!(
+                "paid_at {} must lie between the years 2000 and 9999",
+                event.paid_at
+            ));
+        }
         if event.items.is_empty() || event.items.len() > 1000 {
             return Err("items must hold 1 to 1000 lines".into());
         }
@@ -564,6 +571,12 @@ mod tests {
         let none =
             br#"{"event_id":"e","order_id":"o","paid_at":"2026-11-22T10:00:00Z","items":[]}"#;
         assert!(OrderPaidEvent::from_json(none).is_err());
+        let far = br#"{"event_id":"e","order_id":"o","paid_at":"0999-01-01T00:00:00Z","items":[{"product_id":1,"quantity":2}]}"#;
+        assert!(OrderPaidEvent::from_json(far)
+            .unwrap_err()
+            .contains("paid_at"));
+        let late = br#"{"event_id":"e","order_id":"o","paid_at":"2040-01-01T00:00:00Z","items":[{"product_id":1,"quantity":2}]}"#;
+        assert!(OrderPaidEvent::from_json(late).is_ok());
     }
 
     #[test]

@@ -9,16 +9,16 @@ pub struct Model {
     pub id: i64,
     pub name: String,
     pub total_quantity: i64,
-    pub starts_at: DateTimeUtc,
-    pub ends_at: DateTimeUtc,
+    pub starts_at: DateTime,
+    pub ends_at: DateTime,
     /// `fixed` or `percent`.
     pub discount_kind: String,
     #[sea_orm(column_type = "Decimal(Some((12, 2)))")]
     pub discount_value: Decimal,
     pub coupon_valid_days: i32,
     pub paused: bool,
-    pub created_at: DateTimeUtc,
-    pub updated_at: DateTimeUtc,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,8 +15,8 @@ pub struct Model {
     #[sea_orm(unique)]
     pub coupon_code: String,
     pub sequence: i64,
-    pub issued_at: DateTimeUtc,
-    pub persisted_at: DateTimeUtc,
+    pub issued_at: DateTime,
+    pub persisted_at: DateTime,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

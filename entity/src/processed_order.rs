@@ -9,8 +9,8 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub event_id: String,
     pub order_id: String,
-    pub paid_at: DateTimeUtc,
-    pub processed_at: DateTimeUtc,
+    pub paid_at: DateTime,
+    pub processed_at: DateTime,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -64,8 +64,8 @@ impl Database {
                 let marker = processed_order::ActiveModel {
                     event_id: Set(event.event_id.clone()),
                     order_id: Set(event.order_id.clone()),
-                    paid_at: Set(event.paid_at),
-                    processed_at: Set(now),
+                    paid_at: Set(event.paid_at.naive_utc()),
+                    processed_at: Set(now.naive_utc()),
                 };
                 // A seen event id violates the primary key: skip the event. (MySQL
                 // rolls back just that statement, not the transaction; affected-row

@@ -156,14 +156,14 @@ impl Database {
         let model = campaign::ActiveModel {
             name: Set(new.name.clone()),
             total_quantity: Set(new.total_quantity),
-            starts_at: Set(new.starts_at),
-            ends_at: Set(new.ends_at),
+            starts_at: Set(new.starts_at.naive_utc()),
+            ends_at: Set(new.ends_at.naive_utc()),
             discount_kind: Set(new.discount.kind.as_str().to_owned()),
             discount_value: Set(new.discount.value),
             coupon_valid_days: Set(new.coupon_valid_days),
             paused: Set(false),
-            created_at: Set(now),
-            updated_at: Set(now),
+            created_at: Set(now.naive_utc()),
+            updated_at: Set(now.naive_utc()),
             ..Default::default()
         };
         let saved = self.bounded(model.insert(&self.conn)).await?;
@@ -195,7 +195,7 @@ impl Database {
     pub async fn live_campaigns(&self, now: DateTime<Utc>) -> DbResult<Vec<Campaign>> {
         self.bounded(
             campaign::Entity::find()
-                .filter(campaign::Column::EndsAt.gt(now))
+                .filter(campaign::Column::EndsAt.gt(now.naive_utc()))
                 .order_by_asc(campaign::Column::Id)
                 .all(&self.conn),
         )
@@ -215,7 +215,7 @@ impl Database {
         };
         let mut model: campaign::ActiveModel = found.into();
         model.paused = Set(paused);
-        model.updated_at = Set(Utc::now());
+        model.updated_at = Set(Utc::now().naive_utc());
         let saved = self.bounded(model.update(&self.conn)).await?;
         to_campaign(saved).map(Some)
     }
@@ -236,8 +236,8 @@ impl Database {
                 user_id: Set(e.user_id.clone()),
                 coupon_code: Set(e.coupon_code.clone()),
                 sequence: Set(e.sequence),
-                issued_at: Set(e.occurred_at),
-                persisted_at: Set(now),
+                issued_at: Set(e.occurred_at.naive_utc()),
+                persisted_at: Set(now.naive_utc()),
                 ..Default::default()
             })
             .collect();
@@ -438,7 +438,7 @@ fn to_coupon(row: issued_coupon::Model) -> Coupon {
         campaign_id: row.campaign_id,
         user_id: row.user_id,
         sequence: row.sequence,
-        issued_at: row.issued_at,
+        issued_at: row.issued_at.and_utc(),
     }
 }
 
@@ -453,15 +453,15 @@ fn to_campaign(row: campaign::Model) -> DbResult<Campaign> {
         id: row.id,
         name: row.name,
         total_quantity: row.total_quantity,
-        starts_at: row.starts_at,
-        ends_at: row.ends_at,
+        starts_at: row.starts_at.and_utc(),
+        ends_at: row.ends_at.and_utc(),
         discount: Discount {
             kind,
             value: row.discount_value,
         },
         coupon_valid_days: row.coupon_valid_days,
         paused: row.paused,
-        created_at: row.created_at,
+        created_at: row.created_at.and_utc(),
     })
 }
 
