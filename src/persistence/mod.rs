@@ -16,7 +16,7 @@ use sea_orm::sea_query::{Alias, Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, DatabaseConnection, DbErr,
     EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    Set, TransactionTrait,
+    RuntimeErr, Set, TransactionTrait,
 };
 use secrecy::ExposeSecret;
 
@@ -44,13 +44,41 @@ impl DbError {
 
 impl From<DbErr> for DbError {
     fn from(err: DbErr) -> Self {
-        match err {
+        match &err {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => DbError::Unavailable(err.to_string()),
-            other if other.sql_err().is_some() => DbError::Rejected(other.to_string()),
-            // Query/Exec errors without a SQL classification are I/O or protocol failures.
+            DbErr::Query(RuntimeErr::SqlxError(cause))
+            | DbErr::Exec(RuntimeErr::SqlxError(cause)) => {
+                match server_error_number(cause) {
+                    Some(number) if !SERVER_ERRORS_THAT_PASS.contains(&number) => {
+                        DbError::Rejected(err.to_string())
+                    }
+                    // A passing server state, or no answer from the server at all
+                    // (I/O, protocol, pool): try again later.
+                    _ => DbError::Unavailable(err.to_string()),
+                }
+            }
             DbErr::Query(_) | DbErr::Exec(_) => DbError::Unavailable(err.to_string()),
-            other => DbError::Rejected(other.to_string()),
+            _ => DbError::Rejected(err.to_string()),
         }
+    }
+}
+
+/// Server errors that say "not now" rather than "never": lock wait timeout (1205),
+/// deadlock (1213), too many connections (1040), server shutting down (1053),
+/// connection or query killed (1927, 1317), read-only during a failover (1290,
+/// 1836), statement time limit (1969, 3024). Any other error the server answers is
+/// about the statement and its data (a NULL where none may be, a value out of
+/// range...): retrying it would block a consumer forever, so it is rejected.
+const SERVER_ERRORS_THAT_PASS: &[u16] =
+    &[1040, 1053, 1205, 1213, 1290, 1317, 1836, 1927, 1969, 3024];
+
+/// The MySQL error number, when the server itself answered with an error.
+fn server_error_number(cause: &sea_orm::sqlx::Error) -> Option<u16> {
+    match cause {
+        sea_orm::sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+            .map(|e| e.number()),
+        _ => None,
     }
 }
 

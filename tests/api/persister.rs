@@ -315,3 +315,31 @@ async fn shoppers_whose_ids_differ_only_in_case_each_keep_their_row() {
         HashSet::from(["Case-Shopper", "case-shopper", "CASE-SHOPPER"])
     );
 }
+
+/// A consumer retries a transient database error forever and sends a rejected
+/// statement to the retry topic and then the DLT, so the classification decides
+/// whether one bad message can stop a partition. Both kinds, from a real MariaDB.
+#[tokio::test]
+async fn the_database_s_own_errors_are_rejected_unless_they_say_not_now() {
+    let app = spawn_app_with(|_| {}).await;
+    // 1364: a row without a value the schema requires. Retrying can never help.
+    let refused = app
+        .db
+        .execute_unprepared("INSERT INTO campaign (name) VALUES (NULL)")
+        .await
+        .unwrap_err();
+    assert!(!refused.is_transient(), "{refused}");
+    assert!(refused.to_string().contains("1364"), "{refused}");
+    // 1969: the statement's time limit. The same statement may pass later.
+    let slow = app
+        .db
+        .execute_unprepared(
+            "SET STATEMENT max_statement_time=0.001 FOR \
+             SELECT COUNT(*) FROM seq_1_to_100000000 a, seq_1_to_100 b",
+        )
+        .await
+        .unwrap_err();
+    assert!(slow.is_transient(), "{slow}");
+    assert!(slow.to_string().contains("1969"), "{slow}");
+    app.stop().await;
+}
