@@ -139,6 +139,19 @@ pub struct Discount {
 /// anything that could overflow a counter.
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
+/// The years a campaign's window or a sale may lie in: what a real one can have,
+/// and what MySQL's DATETIME columns hold.
+const STORED_YEARS: std::ops::RangeInclusive<i32> = 2000..=9999;
+
+/// "must lie between the years 2000 and 9999".
+fn stored_years_rule() -> String {
+    format!(
+        "must lie between the years {} and {}",
+        STORED_YEARS.start(),
+        STORED_YEARS.end()
+    )
+}
+
 /// A campaign as marketing asks for it, checked field by field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCampaign {
@@ -171,11 +184,10 @@ impl NewCampaign {
         if self.ends_at <= Utc::now() {
             return Err(Invalid::new("ends_at", "must be in the future"));
         }
-        if self.starts_at.year() < 2000 || self.ends_at.year() > 9999 {
-            return Err(Invalid::new(
-                "starts_at",
-                "must lie between the years 2000 and 9999",
-            ));
+        if !STORED_YEARS.contains(&self.starts_at.year())
+            || !STORED_YEARS.contains(&self.ends_at.year())
+        {
+            return Err(Invalid::new("starts_at", stored_years_rule()));
         }
         let value = self.discount.value;
         match self.discount.kind {
@@ -373,12 +385,8 @@ impl OrderPaidEvent {
         if event.order_id.is_empty() || event.order_id.len() > 64 {
             return Err("order_id must be 1 to 64 characters".into());
         }
-        // What a DATETIME column holds, and what can be a real sale.
-        if !(2000..=9999).contains(&event.paid_at.year()) {
-            return Err(format!(
-                "paid_at {} must lie between the years 2000 and 9999",
-                event.paid_at
-            ));
+        if !STORED_YEARS.contains(&event.paid_at.year()) {
+            return Err(format!("paid_at {} {}", event.paid_at, stored_years_rule()));
         }
         if event.items.is_empty() || event.items.len() > 1000 {
             return Err("items must hold 1 to 1000 lines".into());

@@ -8,7 +8,7 @@ use flashcoupon::domain::CouponIssuedEvent;
 use flashcoupon::events::EventProducer;
 use futures::{stream, StreamExt};
 
-use crate::helpers::{flashcoupon_command, spawn_app_with, Process};
+use crate::helpers::{flashcoupon_command, spawn_app, spawn_app_with, Process};
 
 fn event(campaign: i64, user: &str, sequence: i64) -> CouponIssuedEvent {
     CouponIssuedEvent {
@@ -321,7 +321,7 @@ async fn shoppers_whose_ids_differ_only_in_case_each_keep_their_row() {
 /// whether one bad message can stop a partition. Both kinds, from a real MariaDB.
 #[tokio::test]
 async fn the_database_s_own_errors_are_rejected_unless_they_say_not_now() {
-    let app = spawn_app_with(|_| {}).await;
+    let app = spawn_app().await;
     // 1364: a row without a value the schema requires. Retrying can never help.
     let refused = app
         .db
