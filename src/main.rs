@@ -1,8 +1,16 @@
-//! The `flashcoupon` binary: tune the allocator, parse the command line, run it.
+//! The `flashcoupon` binary: choose the allocator, parse the command line, run it.
+
+/// mimalloc instead of glibc's malloc. Measured on the closed claim run (c=1,000,
+/// 15 s, release, three runs each, same machine, alternated): glibc with a 128 KiB
+/// trim threshold spent 57 µs of service CPU per claim (malloc, free and
+/// malloc_consolidate were 17 % of the profile), mimalloc 52 µs, with 3 % more
+/// claims/s and a lower p99. Peak RSS: glibc 90–93 MB; mimalloc 97–110 MB, and
+/// 128–142 MB when it may ask for transparent huge pages, hence its `no_thp`
+/// feature (with glibc's default trim threshold the service had stayed at 165 MB).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // Before the runtime starts its threads: nothing allocates alongside mallopt.
-    limit_retained_memory();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -11,18 +19,5 @@ fn main() {
     if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);
-    }
-}
-
-/// glibc's malloc kept what a burst of 1,000 connections had used (their read and
-/// write buffers) after they closed: with its defaults the service stayed at about
-/// 165 MB RSS, with a fixed 128 KiB trim threshold at about 106 MB, at the same
-/// claims/s. Two arenas or a lower mmap threshold saved less and cost ~10 % of the
-/// claims/s (malloc_consolidate); mimalloc used 74 MB idle and 133 MB after.
-fn limit_retained_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter, before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }
