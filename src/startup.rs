@@ -175,6 +175,7 @@ impl Application {
         ));
         let state = AppState {
             top_products,
+            top_bodies: crate::http::TopBodies::default(),
             refresher,
             issuance: issuance.clone(),
             admin_token: settings.admin.token.clone(),

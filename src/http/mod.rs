@@ -27,12 +27,14 @@ use crate::events::EventProducer;
 use crate::issuance::IssuanceService;
 use crate::telemetry::metrics;
 pub use error::ApiError;
+pub use products::TopBodies;
 
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub issuance: IssuanceService,
     pub top_products: crate::catalog::TopProducts,
+    pub top_bodies: TopBodies,
     pub refresher: crate::catalog::refresher::Refresher,
     pub admin_token: SecretString,
     pub retry_after_secs: u64,
