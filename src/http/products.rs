@@ -1,6 +1,6 @@
 //! The top-products endpoint of the shop's home page, and its admin refresh.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use actix_web::{http::header::ContentType, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -72,10 +72,12 @@ const MAX_RENDERED_BYTES: u64 = 4 * 1024 * 1024;
 /// and serializing the answer was a tenth of the endpoint's CPU; the answer changes
 /// only when the catalog serves another snapshot. A body is reused only while the
 /// catalog hands out the very snapshot (the same `Arc`) it was rendered from, so a
-/// refresh shows at once. Clones share one cache.
+/// refresh shows at once. The cache holds that snapshot weakly: an old snapshot's
+/// products are freed when the catalog drops it, and while the `Weak` lives no new
+/// snapshot can take its address, so the comparison is exact. Clones share one cache.
 #[derive(Clone)]
 pub struct TopBodies {
-    rendered: Cache<(u32, u32), (Arc<TopSnapshot>, web::Bytes)>,
+    rendered: Cache<(u32, u32), (Weak<TopSnapshot>, web::Bytes)>,
 }
 
 impl Default for TopBodies {
@@ -83,7 +85,7 @@ impl Default for TopBodies {
         Self {
             rendered: Cache::builder()
                 .max_capacity(MAX_RENDERED_BYTES)
-                .weigher(|_, (_, body): &(Arc<TopSnapshot>, web::Bytes)| {
+                .weigher(|_, (_, body): &(Weak<TopSnapshot>, web::Bytes)| {
                     u32::try_from(body.len()).unwrap_or(u32::MAX)
                 })
                 .build(),
@@ -100,7 +102,7 @@ impl TopBodies {
         limit: u32,
     ) -> Result<web::Bytes, serde_json::Error> {
         if let Some((rendered_from, body)) = self.rendered.get(&(days, limit)).await {
-            if Arc::ptr_eq(&rendered_from, snapshot) {
+            if std::ptr::eq(rendered_from.as_ptr(), Arc::as_ptr(snapshot)) {
                 return Ok(body);
             }
         }
@@ -111,7 +113,7 @@ impl TopBodies {
             products: &snapshot.products[..shown],
         })?);
         self.rendered
-            .insert((days, limit), (Arc::clone(snapshot), body.clone()))
+            .insert((days, limit), (Arc::downgrade(snapshot), body.clone()))
             .await;
         Ok(body)
     }
@@ -193,6 +195,11 @@ mod tests {
         let refreshed = snapshot(&["teapot", "kettle", "mug"]);
         let after = bodies.body(&refreshed, 3, 2).await.unwrap();
         assert_eq!(names(&after), ["teapot", "kettle"]);
+        // The cache keeps no snapshot alive: once the catalog lets go of one, it is freed.
+        let first_held = Arc::downgrade(&first);
+        drop(first);
+        assert!(first_held.upgrade().is_none());
+        assert_eq!(Arc::strong_count(&refreshed), 1);
         let json: serde_json::Value = serde_json::from_slice(&after).unwrap();
         assert_eq!(json["window_days"], 3);
         assert_eq!(json["products"][0]["price"], "19.99");
