@@ -405,20 +405,21 @@ impl RedisStore {
     ) -> StoreResult<(Vec<OutboxEntry>, Option<String>)> {
         let key = self.key(id, "outbox");
         let from = after.map_or_else(|| "-".to_owned(), |last| format!("({last}"));
-        let page: redis::streams::StreamRangeReply = self
+        let page: Value = self
             .run_on("xrange", true, |mut c| async move {
                 c.xrange_count(&key, from, "+", PAGE).await
             })
             .await?;
-        let next = match page.ids.last() {
-            Some(last) if page.ids.len() == PAGE => Some(last.id.clone()),
+        let page = entry_list("XRANGE", page)?;
+        // Continue after the page's last entry, even one that is malformed.
+        let next = match page.last() {
+            Some(Value::Array(last)) if page.len() == PAGE => match last.first() {
+                Some(Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+                _ => None,
+            },
             _ => None,
         };
-        let entries = page
-            .ids
-            .into_iter()
-            .filter_map(|e| outbox_entry(id, e))
-            .collect();
+        let entries = outbox_entries(id, page);
         Ok((entries, next))
     }
 
@@ -429,19 +430,8 @@ impl RedisStore {
             let key = self.key(id, "outbox");
             let mut pipe = redis::pipe();
             for c in chunk {
-                pipe.xadd(
-                    &key,
-                    "*",
-                    &[
-                        ("event_id", uuid::Uuid::now_v7().to_string()),
-                        ("user_id", c.user_id.clone()),
-                        ("code", c.coupon_code.clone()),
-                        ("seq", c.sequence.to_string()),
-                        ("ts", c.issued_at.timestamp_millis().to_string()),
-                        ("tp", String::new()),
-                    ],
-                )
-                .ignore();
+                pipe.xadd(&key, "*", &[("issued", outbox_value(c))])
+                    .ignore();
             }
             self.run("xadd", |mut c| async move {
                 pipe.query_async::<()>(&mut c).await
@@ -611,14 +601,7 @@ impl RedisStore {
                     .await
             })
             .await?;
-        let reply: Option<redis::streams::StreamReadReply> =
-            redis::from_redis_value(reply).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .filter_map(|entry| outbox_entry(id, entry))
-            .collect())
+        Ok(outbox_entries(id, stream_entries(reply)?))
     }
 
     /// Takes over entries another relay left pending for `min_idle` (it probably died).
@@ -631,7 +614,7 @@ impl RedisStore {
     ) -> StoreResult<Vec<OutboxEntry>> {
         let key = self.key(id, "outbox");
         let consumer = consumer.to_owned();
-        let reply: redis::streams::StreamAutoClaimReply = self
+        let reply: Value = self
             .run_on("xautoclaim", true, |mut c| async move {
                 redis::cmd("XAUTOCLAIM")
                     .arg(&key)
@@ -645,11 +628,12 @@ impl RedisStore {
                     .await
             })
             .await?;
-        Ok(reply
-            .claimed
-            .into_iter()
-            .filter_map(|entry| outbox_entry(id, entry))
-            .collect())
+        // `[next_id, [entry, ...], deleted_ids]`: only the claimed entries matter.
+        let claimed = match reply {
+            Value::Array(parts) => parts.into_iter().nth(1).unwrap_or(Value::Nil),
+            other => return Err(unexpected_reply("XAUTOCLAIM", &other)),
+        };
+        Ok(outbox_entries(id, entry_list("XAUTOCLAIM", claimed)?))
     }
 
     /// Acknowledges delivered entries and removes them from the stream, atomically.
@@ -719,17 +703,129 @@ fn parse_holder(campaign_id: CampaignId, user: &str, raw: &str) -> Option<Coupon
     })
 }
 
-fn outbox_entry(campaign_id: CampaignId, entry: redis::streams::StreamId) -> Option<OutboxEntry> {
-    let issued_ms: i64 = entry.get::<String>("ts")?.parse().ok()?;
-    Some(OutboxEntry {
+/// The entries of an XREADGROUP reply for one stream: RESP2 `[[key, entries]]`,
+/// RESP3 `{key: entries}`, or nil when nothing is new.
+fn stream_entries(reply: Value) -> StoreResult<Vec<Value>> {
+    let entries = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => match streams.into_iter().next() {
+            Some(Value::Array(key_and_entries)) => key_and_entries.into_iter().nth(1),
+            Some(other) => return Err(unexpected_reply("XREADGROUP", &other)),
+            None => None,
+        },
+        Value::Map(streams) => streams.into_iter().next().map(|(_, entries)| entries),
+        other => return Err(unexpected_reply("XREADGROUP", &other)),
+    };
+    entries.map_or(Ok(Vec::new()), |e| entry_list("XREADGROUP", e))
+}
+
+fn entry_list(command: &str, entries: Value) -> StoreResult<Vec<Value>> {
+    match entries {
+        Value::Array(entries) => Ok(entries),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(unexpected_reply(command, &other)),
+    }
+}
+
+fn unexpected_reply(command: &str, value: &Value) -> StoreError {
+    StoreError::Unavailable(format!("{command}: unexpected reply {value:?}"))
+}
+
+/// Outbox entries from raw stream entries, read straight from the reply (no map per
+/// entry: this runs once per issued coupon). An entry that is not what issue.lua
+/// writes is logged and left pending, never acknowledged: it stays in the outbox,
+/// which on-call sees in `coupon_outbox_pending`, and nothing is lost.
+fn outbox_entries(campaign_id: CampaignId, entries: Vec<Value>) -> Vec<OutboxEntry> {
+    entries
+        .into_iter()
+        .filter_map(|entry| match outbox_entry(campaign_id, entry) {
+            Ok(entry) => Some(entry),
+            Err(problem) => {
+                tracing::error!(campaign_id, %problem, "outbox entry is malformed; left pending");
+                None
+            }
+        })
+        .collect()
+}
+
+/// An outbox entry's one field, `issued`, as issue.lua writes it, for a coupon put
+/// back with a fresh event id and no trace.
+fn outbox_value(c: &Coupon) -> String {
+    format!(
+        "{}|{}|{}|",
+        uuid::Uuid::now_v7(),
+        c.user_id,
+        holder_value(c)
+    )
+}
+
+/// One stream entry `[id, [field, value, ...]]`: the field `issued` as issue.lua
+/// writes it, or the six fields (`event_id`, `user_id`, `code`, `seq`, `ts`, `tp`)
+/// that versions before it wrote, which may still wait in an outbox after an upgrade.
+fn outbox_entry(campaign_id: CampaignId, entry: Value) -> Result<OutboxEntry, String> {
+    let Value::Array(id_and_fields) = entry else {
+        return Err(format!("entry {entry:?} is not [id, fields]"));
+    };
+    let mut parts = id_and_fields.into_iter();
+    let stream_id = match parts.next() {
+        Some(Value::BulkString(id)) => String::from_utf8(id).map_err(|e| e.to_string())?,
+        Some(Value::SimpleString(id)) => id,
+        other => return Err(format!("entry id {other:?}")),
+    };
+    let fields = match parts.next() {
+        Some(Value::Array(fields)) => fields,
+        // An entry deleted while pending (Redis before 7.0 claims it with nil fields).
+        other => return Err(format!("entry {stream_id} has fields {other:?}")),
+    };
+    let mut values: [Option<String>; 6] = Default::default();
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        let (Value::BulkString(name), Value::BulkString(value)) = (name, value) else {
+            return Err(format!(
+                "entry {stream_id} has a field that is not a string"
+            ));
+        };
+        let value = String::from_utf8(value)
+            .map_err(|_| format!("entry {stream_id} has a value that is not UTF-8"))?;
+        let slot = match name.as_slice() {
+            b"issued" => {
+                let mut packed = value.split('|').map(str::to_owned);
+                values = std::array::from_fn(|_| packed.next());
+                if packed.next().is_some() {
+                    return Err(format!("entry {stream_id} has more than six parts"));
+                }
+                continue;
+            }
+            b"event_id" => 0,
+            b"user_id" => 1,
+            b"code" => 2,
+            b"seq" => 3,
+            b"ts" => 4,
+            b"tp" => 5,
+            _ => continue,
+        };
+        values[slot] = Some(value);
+    }
+    let [event_id, user_id, code, seq, ts, tp] = values;
+    let missing = |field: &str| format!("entry {stream_id} has no valid {field}");
+    let sequence = seq
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| missing("sequence"))?;
+    let issued_at = ts
+        .and_then(|ts| ts.parse().ok())
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .ok_or_else(|| missing("issued_at_ms"))?;
+    let present =
+        |v: Option<String>, field: &str| v.filter(|v| !v.is_empty()).ok_or_else(|| missing(field));
+    Ok(OutboxEntry {
         campaign_id,
-        event_id: entry.get("event_id")?,
-        user_id: entry.get("user_id")?,
-        coupon_code: entry.get("code")?,
-        sequence: entry.get::<String>("seq")?.parse().ok()?,
-        issued_at: Utc.timestamp_millis_opt(issued_ms).single()?,
-        traceparent: entry.get("tp").unwrap_or_default(),
-        stream_id: entry.id,
+        event_id: present(event_id, "event_id")?,
+        user_id: present(user_id, "user_id")?,
+        coupon_code: present(code, "code")?,
+        sequence,
+        issued_at,
+        traceparent: tp.unwrap_or_default(),
+        stream_id,
     })
 }
 
@@ -745,5 +841,162 @@ mod tests {
         assert_eq!(c.issued_at.timestamp_millis(), 1_700_000_000_123);
         assert!(parse_holder(7, "u1", "ABC|x|1").is_none());
         assert!(parse_holder(7, "u1", "ABC").is_none());
+    }
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
+        let fields = fields.iter().flat_map(|(f, v)| [bulk(f), bulk(v)]);
+        Value::Array(vec![bulk(id), Value::Array(fields.collect())])
+    }
+
+    /// An entry as issue.lua writes it.
+    fn issued(id: &str, seq: &str) -> Value {
+        let packed = format!("e1|u1|C0DE|{seq}|1700000000123|00-ab-cd-01");
+        entry(id, &[("issued", &packed)])
+    }
+
+    #[test]
+    fn outbox_replies_of_either_protocol_become_entries() {
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            bulk("c:7:outbox"),
+            Value::Array(vec![issued("1-0", "1"), issued("1-1", "2")]),
+        ])]);
+        let entries = outbox_entries(7, stream_entries(resp2).unwrap());
+        assert_eq!(entries.len(), 2);
+        let first = &entries[0];
+        assert_eq!(
+            (first.stream_id.as_str(), first.campaign_id, first.sequence),
+            ("1-0", 7, 1)
+        );
+        assert_eq!(
+            (first.event_id.as_str(), first.user_id.as_str()),
+            ("e1", "u1")
+        );
+        assert_eq!(
+            (first.coupon_code.as_str(), first.traceparent.as_str()),
+            ("C0DE", "00-ab-cd-01")
+        );
+        assert_eq!(first.issued_at.timestamp_millis(), 1_700_000_000_123);
+        assert_eq!(entries[1].stream_id, "1-1");
+
+        let resp3 = Value::Map(vec![(
+            bulk("c:7:outbox"),
+            Value::Array(vec![issued("2-0", "3")]),
+        )]);
+        let entries = outbox_entries(7, stream_entries(resp3).unwrap());
+        assert_eq!(entries.iter().map(|e| e.sequence).collect::<Vec<_>>(), [3]);
+
+        assert!(stream_entries(Value::Nil).unwrap().is_empty());
+        assert!(stream_entries(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn entries_written_before_the_packed_field_are_still_read() {
+        let legacy = entry(
+            "1-0",
+            &[
+                ("event_id", "e1"),
+                ("user_id", "u1"),
+                ("code", "C0DE"),
+                ("seq", "4"),
+                ("ts", "1700000000123"),
+                ("tp", "00-ab-cd-01"),
+            ],
+        );
+        let read = outbox_entry(7, legacy).unwrap();
+        let packed = outbox_entry(7, issued("1-0", "4")).unwrap();
+        assert_eq!(
+            (
+                read.event_id,
+                read.user_id,
+                read.coupon_code,
+                read.traceparent
+            ),
+            (
+                packed.event_id,
+                packed.user_id,
+                packed.coupon_code,
+                packed.traceparent
+            )
+        );
+        assert_eq!(
+            (read.sequence, read.issued_at),
+            (packed.sequence, packed.issued_at)
+        );
+    }
+
+    #[test]
+    fn a_reenqueued_coupon_reads_back_as_the_same_coupon_with_a_new_event() {
+        let coupon = Coupon {
+            coupon_code: "C0DE".into(),
+            campaign_id: 7,
+            user_id: "u1".into(),
+            sequence: 9,
+            issued_at: Utc.timestamp_millis_opt(1_700_000_000_123).unwrap(),
+        };
+        let value = outbox_value(&coupon);
+        let read = outbox_entry(7, entry("1-0", &[("issued", &value)])).unwrap();
+        assert_eq!(
+            (
+                read.user_id.as_str(),
+                read.coupon_code.as_str(),
+                read.sequence
+            ),
+            ("u1", "C0DE", 9)
+        );
+        assert_eq!(
+            (read.issued_at, read.traceparent.as_str()),
+            (coupon.issued_at, "")
+        );
+        assert!(
+            uuid::Uuid::parse_str(&read.event_id).is_ok(),
+            "{}",
+            read.event_id
+        );
+    }
+
+    #[test]
+    fn a_malformed_outbox_entry_is_left_out_and_the_rest_kept() {
+        let without_code = entry("1-1", &[("issued", "e|u||2|1|")]);
+        let bad_seq = issued("1-2", "two");
+        let too_many = entry("1-3", &[("issued", "e|u|C|2|1|tp|x")]);
+        // What Redis before 7.0 claims for an entry deleted while pending.
+        let deleted = Value::Array(vec![bulk("1-4"), Value::Nil]);
+        let legacy_without_ts = entry(
+            "1-5",
+            &[
+                ("event_id", "e"),
+                ("user_id", "u"),
+                ("code", "C"),
+                ("seq", "6"),
+            ],
+        );
+        let entries = outbox_entries(
+            7,
+            vec![
+                issued("1-0", "1"),
+                without_code.clone(),
+                bad_seq.clone(),
+                too_many.clone(),
+                deleted,
+                legacy_without_ts.clone(),
+                issued("1-6", "5"),
+            ],
+        );
+        let ids: Vec<_> = entries.iter().map(|e| e.stream_id.as_str()).collect();
+        assert_eq!(ids, ["1-0", "1-6"]);
+        let problem = outbox_entry(7, without_code).unwrap_err();
+        assert!(
+            problem.contains("1-1") && problem.contains("code"),
+            "{problem}"
+        );
+        assert!(outbox_entry(7, bad_seq).unwrap_err().contains("sequence"));
+        assert!(outbox_entry(7, too_many).unwrap_err().contains("six"));
+        assert!(outbox_entry(7, legacy_without_ts)
+            .unwrap_err()
+            .contains("issued_at"));
     }
 }

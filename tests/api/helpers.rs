@@ -115,6 +115,13 @@ pub async fn start_app(settings: Settings, db: Database) -> TestApp {
 }
 
 impl TestApp {
+    /// A connection of its own to the app's Redis, to look at or change its keys.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        use secrecy::ExposeSecret;
+        let client = redis::Client::open(self.settings.redis.url.expose_secret()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

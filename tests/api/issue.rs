@@ -249,3 +249,82 @@ async fn a_sold_out_campaign_answers_410_on_every_instance_without_asking_redis(
     second.stop().await;
     first.stop().await;
 }
+
+/// An upgrade can leave entries of the older six-field format in an outbox, and a
+/// stray entry may be unreadable. Against the real Redis, broker and MariaDB: the
+/// relay delivers the old entry next to a new one, and leaves the unreadable one in
+/// the outbox (pending, never dropped) instead of losing or skipping it silently.
+#[tokio::test]
+async fn the_relay_delivers_entries_of_the_older_format_and_keeps_an_unreadable_one() {
+    let app = spawn_app().await;
+    let campaign = app.open_campaign(10).await;
+    let outbox = format!("{}{{c:{campaign}}}:outbox", app.settings.redis.key_prefix);
+    let mut redis = app.redis().await;
+    let legacy_event = uuid::Uuid::now_v7().to_string();
+    let _: () = redis::pipe()
+        .xadd(
+            &outbox,
+            "*",
+            &[
+                ("event_id", legacy_event.as_str()),
+                ("user_id", "carol"),
+                ("code", "LEGACY0000000000"),
+                ("seq", "7"),
+                ("ts", "1700000000123"),
+                ("tp", ""),
+            ],
+        )
+        .ignore()
+        .xadd(&outbox, "*", &[("issued", "not|an|entry")])
+        .ignore()
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(app.claim(campaign, "alice").await.status(), 201);
+
+    assert_eq!(
+        app.wait_persisted(campaign, 2, Duration::from_secs(60))
+            .await,
+        2
+    );
+    let carol = app.get_json("/api/v1/me/coupons", Some("carol")).await;
+    let coupons = carol["coupons"].as_array().unwrap();
+    assert_eq!(coupons.len(), 1, "{carol}");
+    assert_eq!(coupons[0]["coupon_code"], "LEGACY0000000000");
+    assert_eq!(coupons[0]["sequence"], 7);
+    assert_eq!(coupons[0]["issued_at"], "2023-11-14T22:13:20.123Z");
+    assert_eq!(coupons[0]["persisted"], true);
+
+    // The two readable entries are acknowledged and deleted; the unreadable one stays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let left: Vec<(String, Vec<(String, String)>)> = loop {
+        let left: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&outbox)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if left.ids.len() <= 1 || std::time::Instant::now() > deadline {
+            break left
+                .ids
+                .into_iter()
+                .map(|e| {
+                    let fields = e
+                        .map
+                        .iter()
+                        .map(|(k, v)| (k.clone(), redis::from_redis_value_ref(v).unwrap()))
+                        .collect();
+                    (e.id, fields)
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        left[0].1,
+        [("issued".to_owned(), "not|an|entry".to_owned())]
+    );
+    app.stop().await;
+}

@@ -8,16 +8,10 @@ use serde_json::Value;
 
 use crate::helpers::{assert_problem, flashcoupon_command, spawn_app_with, TestApp};
 
-async fn redis_connection(app: &TestApp) -> redis::aio::MultiplexedConnection {
-    use secrecy::ExposeSecret;
-    let client = redis::Client::open(app.settings.redis.url.expose_secret()).unwrap();
-    client.get_multiplexed_async_connection().await.unwrap()
-}
-
 /// Redis "loses" a holder and its share of the issued counter, as a failover
 /// without the WAIT mode can.
 async fn lose_in_redis(app: &TestApp, campaign: i64, user: &str, issued: i64) {
-    let mut conn = redis_connection(app).await;
+    let mut conn = app.redis().await;
     let prefix = &app.settings.redis.key_prefix;
     let _: () = redis::pipe()
         .hdel(format!("{prefix}{{c:{campaign}}}:holders"), user)
@@ -28,7 +22,7 @@ async fn lose_in_redis(app: &TestApp, campaign: i64, user: &str, issued: i64) {
 }
 
 async fn holder_known(app: &TestApp, campaign: i64, user: &str) -> bool {
-    let mut conn = redis_connection(app).await;
+    let mut conn = app.redis().await;
     let prefix = &app.settings.redis.key_prefix;
     redis::AsyncCommands::hexists(&mut conn, format!("{prefix}{{c:{campaign}}}:holders"), user)
         .await
@@ -285,7 +279,7 @@ async fn a_campaign_larger_than_a_page_is_rearmed_with_every_holder() {
         .unwrap();
     assert!(status.success());
 
-    let mut conn = redis_connection(&app).await;
+    let mut conn = app.redis().await;
     let holders_key = format!("{}{{c:{campaign}}}:holders", app.settings.redis.key_prefix);
     let holders: i64 = redis::cmd("HLEN")
         .arg(&holders_key)
@@ -313,7 +307,7 @@ async fn a_campaign_larger_than_a_page_is_rearmed_with_every_holder() {
 }
 
 async fn reconcile_leader(app: &TestApp) -> Option<String> {
-    let mut conn = redis_connection(app).await;
+    let mut conn = app.redis().await;
     let key = format!("{}reconcile:leader", app.settings.redis.key_prefix);
     redis::AsyncCommands::get(&mut conn, key).await.unwrap()
 }
