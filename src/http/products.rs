@@ -106,6 +106,17 @@ impl TopBodies {
                 return Ok(body);
             }
         }
+        // Boxed, as the catalog's miss: the insert's future stays out of every hit's.
+        Box::pin(self.render(snapshot, days, limit)).await
+    }
+
+    /// Renders the body and keeps it for the next callers of this snapshot.
+    async fn render(
+        &self,
+        snapshot: &Arc<TopSnapshot>,
+        days: u32,
+        limit: u32,
+    ) -> Result<web::Bytes, serde_json::Error> {
         let shown = snapshot.products.len().min(limit as usize);
         let body = web::Bytes::from(serde_json::to_vec(&TopProducts {
             window_days: snapshot.window_days,

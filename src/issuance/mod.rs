@@ -137,7 +137,8 @@ impl IssuanceService {
             }
         };
         let outcome = match outcome {
-            IssueOutcome::NotArmed => self.not_armed(campaign_id).await?,
+            // Rare, and boxed: its MySQL read would otherwise enlarge every claim's future.
+            IssueOutcome::NotArmed => Box::pin(self.not_armed(campaign_id)).await?,
             other => other,
         };
         let result = match &outcome {
