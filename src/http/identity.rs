@@ -98,10 +98,14 @@ impl ShopperIdentity {
     }
 }
 
+/// A name built once: looking a header up by `&str` makes actix copy the name into
+/// a new `HeaderName` on every request.
+const X_USER_ID: header::HeaderName = header::HeaderName::from_static("x-user-id");
+
 fn from_header(req: &HttpRequest) -> Result<UserId, ApiError> {
     let raw = req
         .headers()
-        .get("x-user-id")
+        .get(X_USER_ID)
         .ok_or_else(|| ApiError::Invalid(Invalid::new("X-User-Id", "header is required")))?
         .to_str()
         .map_err(|_| ApiError::Invalid(Invalid::new("X-User-Id", "must be visible ASCII")))?;

@@ -105,7 +105,7 @@ impl Buckets {
         if self.trust_forwarded_for {
             let forwarded = req
                 .headers()
-                .get("x-forwarded-for")
+                .get(actix_web::http::header::X_FORWARDED_FOR)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.split(',').next())
                 .and_then(|v| v.trim().parse().ok());

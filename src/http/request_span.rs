@@ -4,6 +4,7 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderName;
 use actix_web::Error;
 use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
@@ -12,12 +13,15 @@ use crate::telemetry::trace;
 
 pub struct RequestSpan;
 
+/// Built once (by `&str`, actix would copy the name on every request).
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 impl RootSpanBuilder for RequestSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
         let span = tracing_actix_web::root_span!(level = tracing::Level::INFO, request);
         let caller = request
             .headers()
-            .get("traceparent")
+            .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok());
         trace::continue_trace(&span, caller);
         span
