@@ -158,7 +158,8 @@ pub struct RelaySettings {
     pub idle_ms: u64,
     /// Entries pending this long on another instance are claimed (it probably died).
     pub claim_idle_ms: u64,
-    /// How often the relay re-reads the list of armed campaigns.
+    /// How often the relay re-reads the list of armed campaigns: the first coupons of
+    /// a campaign armed meanwhile wait up to this long for delivery (one SMEMBERS).
     pub campaigns_refresh_ms: u64,
 }
 
@@ -285,7 +286,7 @@ enabled = true
 batch_size = 2000
 idle_ms = 20
 claim_idle_ms = 30000
-campaigns_refresh_ms = 1000
+campaigns_refresh_ms = 200
 
 [persister]
 enabled = true
