@@ -92,7 +92,8 @@ pub struct RedisSettings {
     pub sentinel_urls: String,
     pub sentinel_master: String,
     /// Long-lived multiplexed connections that every call shares (commands of
-    /// concurrent calls are pipelined on them).
+    /// concurrent calls are pipelined on them). Each thread keeps to one; with at
+    /// least as many as actix workers plus runtime threads, each thread has its own.
     pub shared_connections: usize,
     /// Pool of exclusive connections (durability mode's `WAIT`), which also makes
     /// the shared ones.

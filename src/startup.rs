@@ -242,6 +242,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let served = self.server.await;
         tracing::info!("http server stopped; stopping relay and persister");
+        // A shared Redis connection opened by an HTTP worker ran on that worker's
+        // runtime, which is gone now; what still runs reconnects on its own.
+        self.issuance.store().reconnect_on_next_use();
         self.shutdown.cancel();
         for task in self.tasks {
             if let Err(err) = task.await {

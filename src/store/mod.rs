@@ -676,6 +676,14 @@ impl RedisStore {
     pub fn pool_status(&self) -> (usize, usize, usize) {
         self.pool.status()
     }
+
+    /// Drops every connection, so the next calls open new ones on the caller's
+    /// runtime: at shutdown, once the HTTP workers (whose runtimes drove some of
+    /// the shared connections) are gone and the relay still has its last batch to
+    /// acknowledge.
+    pub fn reconnect_on_next_use(&self) {
+        self.pool.forget_connections();
+    }
 }
 
 /// A holders entry: `code|sequence|issued_at_ms`.
