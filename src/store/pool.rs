@@ -4,14 +4,18 @@
 //! Most commands go over a few long-lived *shared* multiplexed connections
 //! (`redis.shared_connections`): each call clones one, and concurrent commands are
 //! pipelined on it, so the issue path costs one round trip and no pool hand-over
-//! (deadpool-redis PINGs every connection it hands out). Each thread keeps to one
-//! of them, its home slot, and the first call on a thread whose slot is empty opens
-//! it, so the connection's I/O task runs on the runtime of the thread that uses it:
-//! an actix worker's claims then need no hop to another thread and back (with the
-//! slots taken round robin, that hop cost a fifth of the service's CPU per claim). The deadpool pool creates
-//! those connections (with its timeouts, and the sentinels' answer of who the
-//! primary is) and lends *exclusive* connections to what must not share one: the
-//! durability mode's `WAIT` blocks its connection on the server.
+//! (deadpool-redis PINGs every connection it hands out).
+//!
+//! Each thread keeps to one of them, its home slot, and the first call on a thread
+//! whose slot is empty opens it, so the connection's I/O task runs on the runtime
+//! of the thread that uses it: an actix worker's claims then need no hop to another
+//! thread and back (with the slots taken round robin, that hop cost a fifth of the
+//! service's CPU per claim).
+//!
+//! The deadpool pool creates those connections (with its timeouts, and the
+//! sentinels' answer of who the primary is) and lends *exclusive* connections to
+//! what must not share one: the durability mode's `WAIT` blocks its connection on
+//! the server.
 //!
 //! Sentinel mode finds the primary again after a failover: a connection that fails,
 //! times out or lands on a demoted primary (READONLY) is forgotten, and new
