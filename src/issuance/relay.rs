@@ -45,7 +45,7 @@ impl Relay {
         kafka: KafkaSettings,
         settings: RelaySettings,
     ) -> anyhow::Result<Self> {
-        let producer = EventProducer::new(&kafka, kafka.issued_topic.clone())?;
+        let producer = EventProducer::for_relay(&kafka, kafka.issued_topic.clone())?;
         Ok(Self {
             store,
             kafka,
@@ -261,7 +261,7 @@ impl Relay {
     }
 
     fn rebuild_producer(&mut self) {
-        match EventProducer::new(&self.kafka, self.kafka.issued_topic.clone()) {
+        match EventProducer::for_relay(&self.kafka, self.kafka.issued_topic.clone()) {
             Ok(producer) => {
                 // Dropping the old one purges its (already failed) queue, bounded by 500 ms.
                 self.producer = producer;
