@@ -75,6 +75,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// How long in-flight requests get to finish on SIGTERM.
     pub shutdown_timeout_secs: u64,
+    /// How long an idle keep-alive connection stays open; 0 turns keep-alive off.
+    /// Longer than the idle timeout of the proxy in front, so the proxy closes first.
+    pub keep_alive_secs: u64,
     /// Seconds a 503 tells the client to wait (`Retry-After`).
     pub retry_after_secs: u64,
 }
@@ -246,6 +249,7 @@ port = 8080
 workers = 0
 max_body_bytes = 16384
 shutdown_timeout_secs = 10
+keep_alive_secs = 75
 retry_after_secs = 1
 
 [redis]

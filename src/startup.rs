@@ -202,6 +202,11 @@ impl Application {
                 .configure(|cfg| http::configure(cfg, max_body))
         })
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        // A proxy that reuses a connection the service is closing at that moment gets
+        // no answer, and it does not retry a claim (a POST): the shopper sees a 502. So
+        // idle connections stay open longer than the proxies in front keep theirs (nginx
+        // and cloud load balancers: 60 s), which then always close first. 0 is off.
+        .keep_alive(Duration::from_secs(settings.server.keep_alive_secs))
         .client_request_timeout(Duration::from_secs(5))
         .max_connection_rate(1024)
         .backlog(4096);

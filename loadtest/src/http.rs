@@ -29,6 +29,13 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// Idle connections are dropped after this, before the service closes them: a request
+/// sent on a connection the server is closing at that moment fails ("connection closed
+/// before message completed", or the server's 408). The service waits 5 s for the
+/// first request of a new connection (the pool may open one it does not use at once)
+/// and `server.keep_alive_secs` between requests.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// A pooled client for one target.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -45,7 +52,7 @@ impl HttpClient {
         connector.set_connect_timeout(Some(timeout));
         let inner = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(pool)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .build(connector);
         HttpClient {
             inner,

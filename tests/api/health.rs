@@ -160,3 +160,49 @@ async fn sigterm_stops_serving_and_the_relay_flushes_before_exit() {
     restarted.signal("TERM");
     assert!(restarted.wait(Duration::from_secs(30)));
 }
+
+/// One GET /health/live on `stream`, kept alive; the status line of the answer.
+async fn get_live_on(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A proxy keeps its connections to the service idle for up to 60 s (nginx, cloud load
+/// balancers): the service must keep them longer (`server.keep_alive_secs`, 75 s by
+/// default), not actix's 5 s, or a claim sent on one it is closing is lost.
+#[tokio::test]
+async fn idle_connections_outlive_actix_default_and_close_after_the_setting() {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+    use tokio::time::{sleep, timeout, Duration};
+
+    let app = spawn_app().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    assert_eq!(get_live_on(&mut stream).await, "HTTP/1.1 200 OK");
+    sleep(Duration::from_secs(6)).await; // beyond actix's default of 5 s
+    assert_eq!(get_live_on(&mut stream).await, "HTTP/1.1 200 OK");
+    app.stop().await;
+
+    let app = crate::helpers::spawn_app_with(|s| s.server.keep_alive_secs = 1).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    assert_eq!(get_live_on(&mut stream).await, "HTTP/1.1 200 OK");
+    let mut rest = [0u8; 64];
+    let closed = timeout(Duration::from_secs(10), stream.read(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the server kept an idle connection open past server.keep_alive_secs: {closed:?}"
+    );
+    app.stop().await;
+}
