@@ -467,17 +467,20 @@ async fn campaign(settings: Settings, action: CampaignAction) -> anyhow::Result<
                     value: value.unwrap_or(Decimal::from(10)),
                 },
             };
-            let view = service
-                .create(NewCampaign {
-                    name,
-                    total_quantity: stock,
-                    starts_at,
-                    ends_at: ends_at.unwrap_or(starts_at + chrono::Duration::hours(1)),
-                    discount,
-                    coupon_valid_days: valid_days,
-                })
+            let created = service
+                .create(
+                    NewCampaign {
+                        name,
+                        total_quantity: stock,
+                        starts_at,
+                        ends_at: ends_at.unwrap_or(starts_at + chrono::Duration::hours(1)),
+                        discount,
+                        coupon_valid_days: valid_days,
+                    },
+                    None,
+                )
                 .await?;
-            print_view(&view);
+            print_view(&created.view);
         }
         CampaignAction::List => {
             for view in service.admin_list().await? {
@@ -527,21 +530,24 @@ async fn demo(settings: Settings, stock: i64) -> anyhow::Result<()> {
         print_view(&open);
         return Ok(());
     }
-    let view = service
-        .create(NewCampaign {
-            name: "Demo flash sale".into(),
-            total_quantity: stock,
-            starts_at: now,
-            ends_at: now + chrono::Duration::hours(1),
-            discount: Discount {
-                kind: DiscountKind::Percent,
-                value: Decimal::from(30),
+    let created = service
+        .create(
+            NewCampaign {
+                name: "Demo flash sale".into(),
+                total_quantity: stock,
+                starts_at: now,
+                ends_at: now + chrono::Duration::hours(1),
+                discount: Discount {
+                    kind: DiscountKind::Percent,
+                    value: Decimal::from(30),
+                },
+                coupon_valid_days: 7,
             },
-            coupon_valid_days: 7,
-        })
+            None,
+        )
         .await?;
     println!("demo campaign created:");
-    print_view(&view);
+    print_view(&created.view);
     Ok(())
 }
 

@@ -72,6 +72,33 @@ impl std::fmt::Display for UserId {
     }
 }
 
+/// The `Idempotency-Key` of a campaign create: 1 to 64 visible ASCII characters
+/// (a UUID, say), chosen by the client once per campaign it means to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.is_empty() || raw.len() > 64 {
+            return Err(Invalid::new(
+                "Idempotency-Key",
+                format!("must be 1 to 64 characters long, got {}", raw.len()),
+            ));
+        }
+        if let Some(bad) = raw.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(Invalid::new(
+                "Idempotency-Key",
+                format!("character {bad:?} is not allowed (visible ASCII only)"),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Campaign ids are positive integers assigned by MySQL.
 pub type CampaignId = i64;
 
@@ -218,6 +245,19 @@ impl NewCampaign {
             name: name.to_owned(),
             ..self
         })
+    }
+
+    /// Whether `stored` is this request as written (times to the millisecond MySQL
+    /// keeps): a create retried under the same idempotency key must ask for the same.
+    pub fn describes(&self, stored: &Campaign) -> bool {
+        let same_time =
+            |a: DateTime<Utc>, b: DateTime<Utc>| (a - b).abs() < chrono::TimeDelta::milliseconds(1);
+        self.name == stored.name
+            && self.total_quantity == stored.total_quantity
+            && same_time(self.starts_at, stored.starts_at)
+            && same_time(self.ends_at, stored.ends_at)
+            && self.discount == stored.discount
+            && self.coupon_valid_days == stored.coupon_valid_days
     }
 }
 
@@ -475,6 +515,49 @@ mod tests {
         assert!(UserId::parse(&"a".repeat(65)).is_err());
         assert!(UserId::parse("bob smith").is_err());
         assert!(UserId::parse("é").is_err());
+    }
+
+    #[test]
+    fn idempotency_key_is_one_to_sixty_four_visible_ascii_characters() {
+        assert!(IdempotencyKey::parse("7f9c2ba4-e88f-11ee-9d2a-0242ac120002").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(64)).is_ok());
+        for bad in ["", &"k".repeat(65), "two words", "tab\t", "clé"] {
+            let err = IdempotencyKey::parse(bad).unwrap_err();
+            assert_eq!(err.field, "Idempotency-Key", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_retried_create_describes_its_stored_campaign_and_a_changed_one_does_not() {
+        let asked = campaign().validate().unwrap();
+        // As MySQL gives it back: DATETIME(3), DECIMAL(12,2).
+        let millis =
+            |t: DateTime<Utc>| DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap();
+        let stored = Campaign {
+            id: 1,
+            name: asked.name.clone(),
+            total_quantity: asked.total_quantity,
+            starts_at: millis(asked.starts_at),
+            ends_at: millis(asked.ends_at),
+            discount: Discount {
+                kind: DiscountKind::Percent,
+                value: Decimal::new(3000, 2),
+            },
+            coupon_valid_days: asked.coupon_valid_days,
+            paused: false,
+            created_at: Utc::now(),
+        };
+        assert!(asked.describes(&stored));
+        let more_stock = NewCampaign {
+            total_quantity: 11,
+            ..asked.clone()
+        };
+        assert!(!more_stock.describes(&stored));
+        let an_hour_later = NewCampaign {
+            starts_at: asked.starts_at + Duration::hours(1),
+            ..asked
+        };
+        assert!(!an_hour_later.describes(&stored));
     }
 
     #[test]

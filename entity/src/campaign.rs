@@ -19,6 +19,8 @@ pub struct Model {
     pub paused: bool,
     pub created_at: DateTime,
     pub updated_at: DateTime,
+    /// The `Idempotency-Key` of the create request, if it carried one (unique).
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

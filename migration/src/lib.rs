@@ -7,6 +7,7 @@ mod m20261122_000001_create_campaign;
 mod m20261122_000002_create_issued_coupon;
 mod m20261122_000003_create_sales;
 mod m20261123_000001_case_sensitive_identifiers;
+mod m20261124_000001_campaign_idempotency_key;
 
 pub use m20261122_000002_create_issued_coupon::CAMPAIGN_USER_INDEX;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_create_issued_coupon::Migration),
             Box::new(m20261122_000003_create_sales::Migration),
             Box::new(m20261123_000001_case_sensitive_identifiers::Migration),
+            Box::new(m20261124_000001_campaign_idempotency_key::Migration),
         ]
     }
 }

@@ -1,13 +1,14 @@
 //! Admin endpoints for marketing and on-call (bearer token): create, list, get,
 //! pause and resume campaigns, with live figures.
 
+use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{campaign_id, require_admin, ApiError, AppState};
-use crate::domain::{CampaignStatus, Discount, NewCampaign};
+use crate::domain::{CampaignStatus, Discount, IdempotencyKey, Invalid, NewCampaign};
 use crate::issuance::CampaignView;
 
 /// A campaign to create (RFC 3339 times).
@@ -76,15 +77,25 @@ impl From<CampaignView> for AdminCampaign {
     }
 }
 
-/// Create a campaign: written to MySQL, then armed in Redis.
+/// Create a campaign: written to MySQL, then armed in Redis. Send an
+/// `Idempotency-Key` to retry safely: a create answered 503 (or not at all) may have
+/// written the campaign, and a retry under the same key gives back that one.
 #[utoipa::path(
     post, path = "/admin/v1/campaigns", tag = "admin", request_body = CreateCampaign,
     security(("admin_token" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 64, pattern = r"^[!-~]+$",
+         description = "one per campaign to create (a UUID, say): a retry with the same key and body \
+                        returns the campaign the first attempt created, and never creates a second"),
+    ),
     responses(
-        (status = 201, body = AdminCampaign),
+        (status = 201, body = AdminCampaign,
+         headers(("Idempotent-Replayed" = String, description = "`true` when an earlier request with this Idempotency-Key created it"))),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json"),
         (status = 401, body = super::error::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "the Idempotency-Key already created a campaign with other values",
+         body = super::error::Problem, content_type = "application/problem+json"),
         (status = 503, body = super::error::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -94,20 +105,49 @@ pub async fn create(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
+    let key = idempotency_key(&req)?;
     let body: CreateCampaign = super::from_json(body.into_inner())?;
-    let view = state
+    let created = state
         .issuance
-        .create(NewCampaign {
-            name: body.name,
-            total_quantity: body.total_quantity,
-            starts_at: body.starts_at,
-            ends_at: body.ends_at,
-            discount: body.discount,
-            coupon_valid_days: body.coupon_valid_days,
-        })
+        .create(
+            NewCampaign {
+                name: body.name,
+                total_quantity: body.total_quantity,
+                starts_at: body.starts_at,
+                ends_at: body.ends_at,
+                discount: body.discount,
+                coupon_valid_days: body.coupon_valid_days,
+            },
+            key.as_ref(),
+        )
         .await
         .map_err(|e| state.service_error(e))?;
-    Ok(HttpResponse::Created().json(AdminCampaign::from(view)))
+    let mut answer = HttpResponse::Created();
+    if created.replayed {
+        answer.insert_header((IDEMPOTENT_REPLAYED, "true"));
+    }
+    Ok(answer.json(AdminCampaign::from(created.view)))
+}
+
+/// The request header that makes a create safe to retry
+/// (draft-ietf-httpapi-idempotency-key-header).
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Marks the answer to a create that an earlier request with its key made.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let raw = value.to_str().map_err(|_| {
+        ApiError::Invalid(Invalid::new(
+            "Idempotency-Key",
+            "only visible ASCII characters are allowed",
+        ))
+    })?;
+    IdempotencyKey::parse(raw)
+        .map(Some)
+        .map_err(ApiError::Invalid)
 }
 
 /// Every campaign, newest first, with live figures.

@@ -45,6 +45,10 @@ pub enum ApiError {
     /// 410 `sold-out`.
     #[error("every coupon of this campaign has been issued; a coupon you got is listed at /api/v1/me/coupons")]
     SoldOut,
+    /// 422 `idempotency-key-reused`: a create whose `Idempotency-Key` already created
+    /// a campaign with other values.
+    #[error("{0}")]
+    KeyReused(String),
     /// 413 `payload-too-large`.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
@@ -83,6 +87,7 @@ impl ApiError {
             ApiError::NotOpen(_) => ("campaign-not-open", "Campaign not open"),
             ApiError::SoldOut => ("sold-out", "Sold out"),
             ApiError::TooLarge(_) => ("payload-too-large", "Payload too large"),
+            ApiError::KeyReused(_) => ("idempotency-key-reused", "Idempotency key reused"),
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
         }
     }
@@ -99,6 +104,7 @@ impl ApiError {
             ServiceError::NotFound(id) => ApiError::CampaignNotFound(id),
             ServiceError::Invalid(invalid) => ApiError::Invalid(invalid),
             ServiceError::Unavailable(cause) => ApiError::unavailable(cause, retry_after),
+            reused @ ServiceError::KeyReused { .. } => ApiError::KeyReused(reused.to_string()),
         }
     }
 }
@@ -113,6 +119,7 @@ impl ResponseError for ApiError {
             ApiError::AlreadyIssued(_) | ApiError::NotOpen(_) => StatusCode::CONFLICT,
             ApiError::SoldOut => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

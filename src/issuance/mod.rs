@@ -13,10 +13,10 @@ use chrono::Utc;
 use moka::future::Cache;
 
 use crate::domain::{
-    new_coupon_code, Campaign, CampaignId, CampaignStatus, Coupon, Invalid, IssueOutcome,
-    NewCampaign, NotOpenReason, UserId,
+    new_coupon_code, Campaign, CampaignId, CampaignStatus, Coupon, IdempotencyKey, Invalid,
+    IssueOutcome, NewCampaign, NotOpenReason, UserId,
 };
-use crate::persistence::{Database, DbError};
+use crate::persistence::{Created, Database, DbError};
 use crate::store::{ArmSpec, RedisStore, StoreError, PAGE};
 use crate::telemetry::metrics;
 
@@ -29,6 +29,9 @@ pub enum ServiceError {
     /// A dependency failed or the campaign is not ready: try again shortly.
     #[error("{0}")]
     Unavailable(String),
+    /// A create whose idempotency key an earlier create of another campaign used.
+    #[error("Idempotency-Key {key:?} already created campaign {id} with other values; a new campaign needs a new key")]
+    KeyReused { key: String, id: CampaignId },
 }
 
 impl From<StoreError> for ServiceError {
@@ -44,6 +47,14 @@ impl From<DbError> for ServiceError {
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// The answer to a create.
+#[derive(Debug, Clone)]
+pub struct Creation {
+    pub view: CampaignView,
+    /// An earlier request with the same idempotency key created it.
+    pub replayed: bool,
+}
 
 /// A campaign with its live figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,16 +288,46 @@ impl IssuanceService {
     }
 
     /// Creates a campaign: MySQL first (the durable record), then arms Redis.
-    pub async fn create(&self, new: NewCampaign) -> ServiceResult<CampaignView> {
+    ///
+    /// Under an idempotency key, a retry of a create that wrote its row (and whose
+    /// answer was lost, or was a 503 because arming failed) gives back that campaign,
+    /// armed now if it was not, instead of a twin with stock of its own.
+    pub async fn create(
+        &self,
+        new: NewCampaign,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<Creation> {
         let new = new.validate()?;
-        let campaign = self.db.create_campaign(&new).await?;
-        self.store.arm(&arm_spec(&campaign), 0).await?;
-        tracing::info!(
-            campaign_id = campaign.id,
-            stock = campaign.total_quantity,
-            "campaign created and armed"
-        );
-        self.admin_view(campaign.id).await
+        let key = key.map(IdempotencyKey::as_str);
+        let (campaign, replayed) = match self.db.create_campaign(&new, key).await? {
+            Created::New(campaign) => {
+                self.store.arm(&arm_spec(&campaign), 0).await?;
+                tracing::info!(
+                    campaign_id = campaign.id,
+                    stock = campaign.total_quantity,
+                    "campaign created and armed"
+                );
+                (campaign, false)
+            }
+            Created::Existing(campaign) => {
+                if !new.describes(&campaign) {
+                    return Err(ServiceError::KeyReused {
+                        key: key.unwrap_or_default().to_owned(),
+                        id: campaign.id,
+                    });
+                }
+                self.arm_from_mysql(&campaign).await?;
+                tracing::info!(
+                    campaign_id = campaign.id,
+                    "campaign create retried under its idempotency key"
+                );
+                (campaign, true)
+            }
+        };
+        Ok(Creation {
+            view: self.admin_view(campaign.id).await?,
+            replayed,
+        })
     }
 
     /// The marketing brake: MySQL first (so a re-arm keeps it), then Redis.

@@ -16,7 +16,7 @@ use sea_orm::sea_query::{Alias, Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, DatabaseConnection, DbErr,
     EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    RuntimeErr, Set, TransactionTrait,
+    RuntimeErr, Set, SqlErr, TransactionTrait,
 };
 use secrecy::ExposeSecret;
 
@@ -179,7 +179,12 @@ impl Database {
         (size - idle, idle, i64::from(self.max_connections))
     }
 
-    pub async fn create_campaign(&self, new: &NewCampaign) -> DbResult<Campaign> {
+    /// Writes `new`, under its `Idempotency-Key` if it has one. A key already written
+    /// (a retried create, or two attempts at once) gives back that campaign instead.
+    pub async fn create_campaign(&self, new: &NewCampaign, key: Option<&str>) -> DbResult<Created> {
+        if let Some(found) = self.campaign_by_key(key).await? {
+            return Ok(Created::Existing(found));
+        }
         let now = Utc::now();
         let model = campaign::ActiveModel {
             name: Set(new.name.clone()),
@@ -192,10 +197,49 @@ impl Database {
             paused: Set(false),
             created_at: Set(now.naive_utc()),
             updated_at: Set(now.naive_utc()),
+            idempotency_key: Set(key.map(str::to_owned)),
             ..Default::default()
         };
-        let saved = self.bounded(model.insert(&self.conn)).await?;
-        to_campaign(saved)
+        let inserted = self
+            .bounded(async {
+                match model.insert(&self.conn).await {
+                    Ok(saved) => Ok(Some(saved)),
+                    Err(err)
+                        if key.is_some()
+                            && err.sql_err().is_some_and(|e| {
+                                matches!(e, SqlErr::UniqueConstraintViolation(_))
+                            }) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(err) => Err(err),
+                }
+            })
+            .await?;
+        match inserted {
+            Some(saved) => Ok(Created::New(to_campaign(saved)?)),
+            // Another attempt with this key wrote it between the look-up and the insert.
+            None => self
+                .campaign_by_key(key)
+                .await?
+                .map(Created::Existing)
+                .ok_or_else(|| {
+                    DbError::Unavailable("idempotency key taken, then not found".into())
+                }),
+        }
+    }
+
+    /// The campaign created under `key`, if any.
+    async fn campaign_by_key(&self, key: Option<&str>) -> DbResult<Option<Campaign>> {
+        let Some(key) = key else { return Ok(None) };
+        self.bounded(
+            campaign::Entity::find()
+                .filter(campaign::Column::IdempotencyKey.eq(key))
+                .one(&self.conn),
+        )
+        .await?
+        .map(to_campaign)
+        .transpose()
     }
 
     pub async fn campaign(&self, id: CampaignId) -> DbResult<Option<Campaign>> {
@@ -468,6 +512,15 @@ fn to_coupon(row: issued_coupon::Model) -> Coupon {
         sequence: row.sequence,
         issued_at: row.issued_at.and_utc(),
     }
+}
+
+/// What `create_campaign` did.
+#[derive(Debug)]
+pub enum Created {
+    /// Wrote this campaign.
+    New(Campaign),
+    /// Found the campaign an earlier request with the same idempotency key wrote.
+    Existing(Campaign),
 }
 
 fn to_campaign(row: campaign::Model) -> DbResult<Campaign> {

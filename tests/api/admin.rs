@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{assert_problem, campaign_body, spawn_app, ADMIN_TOKEN};
+use crate::helpers::{assert_problem, campaign_body, spawn_app};
 
 #[tokio::test]
 async fn create_returns_201_with_id_and_live_figures_and_list_shows_it() {
@@ -24,16 +24,7 @@ async fn create_returns_201_with_id_and_live_figures_and_list_shows_it() {
     assert_eq!(one["issued"], 1);
     assert_eq!(one["remaining"], 99);
 
-    let list: Value = app
-        .client
-        .get(app.url("/admin/v1/campaigns"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = app.admin_list().await;
     let campaigns = list["campaigns"].as_array().unwrap();
     assert_eq!(campaigns.len(), 1);
     assert_eq!(campaigns[0]["id"], id);
@@ -118,5 +109,76 @@ async fn pause_and_resume_of_an_unknown_campaign_answer_404() {
         "campaign-not-found",
     )
     .await;
+    app.stop().await;
+}
+
+/// Marketing's tool retries a create whose answer it did not get: under the same
+/// `Idempotency-Key` it gets the first campaign back, never a twin with stock of its own.
+#[tokio::test]
+async fn a_create_retried_under_its_idempotency_key_returns_the_first_campaign_not_a_twin() {
+    let app = spawn_app().await;
+    let body = campaign_body(5, -60, 3600);
+    let first = app.create_campaign_keyed(&body, "flash-10h-a").await;
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    let again = app.create_campaign_keyed(&body, "flash-10h-a").await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["total_quantity"], 5);
+
+    // The key of that campaign cannot create another one.
+    let mut other = body.clone();
+    other["total_quantity"] = Value::from(6);
+    let problem = assert_problem(
+        app.create_campaign_keyed(&other, "flash-10h-a").await,
+        422,
+        "idempotency-key-reused",
+    )
+    .await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("campaign {}", first["id"])),
+        "{detail}"
+    );
+
+    // Keys compare byte for byte, and a bad one names the header.
+    let upper: Value = app
+        .create_campaign_keyed(&body, "FLASH-10H-A")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(upper["id"], first["id"], "{upper}");
+    for bad in ["", &"k".repeat(65), "two words"] {
+        let problem = assert_problem(
+            app.create_campaign_keyed(&body, bad).await,
+            400,
+            "invalid-request",
+        )
+        .await;
+        assert_eq!(problem["field"], "Idempotency-Key", "{bad:?}: {problem}");
+    }
+
+    // Eight attempts at once under a new key: one campaign, the same for all.
+    let burst =
+        futures::future::join_all((0..8).map(|_| app.create_campaign_keyed(&body, "flash-10h-b")))
+            .await;
+    let mut ids = std::collections::HashSet::new();
+    for response in burst {
+        assert_eq!(response.status(), 201);
+        ids.insert(response.json::<Value>().await.unwrap()["id"].clone());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(
+        app.admin_list().await["campaigns"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     app.stop().await;
 }

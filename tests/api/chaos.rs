@@ -712,20 +712,23 @@ async fn chaos_cold_start_of_every_cache() {
     let store = flashcoupon::store::RedisStore::new(&settings.redis).unwrap();
     let now = chrono::Utc::now();
     let created = flashcoupon::issuance::IssuanceService::new(store, db.clone())
-        .create(NewCampaign {
-            name: "Cold start".into(),
-            total_quantity: STOCK,
-            starts_at: now - chrono::Duration::seconds(60),
-            ends_at: now + chrono::Duration::hours(1),
-            discount: Discount {
-                kind: DiscountKind::Percent,
-                value: 30.into(),
+        .create(
+            NewCampaign {
+                name: "Cold start".into(),
+                total_quantity: STOCK,
+                starts_at: now - chrono::Duration::seconds(60),
+                ends_at: now + chrono::Duration::hours(1),
+                discount: Discount {
+                    kind: DiscountKind::Percent,
+                    value: 30.into(),
+                },
+                coupon_valid_days: 7,
             },
-            coupon_valid_days: 7,
-        })
+            None,
+        )
         .await
         .unwrap();
-    let campaign = created.campaign.id;
+    let campaign = created.view.campaign.id;
     // Every cache cold: Redis holds nothing of this service (no armed campaign, no
     // top-products snapshot, no refresher lease), and a new process has an empty
     // L1 and campaign cache.

@@ -57,6 +57,37 @@ async fn redis_stopped_fails_closed_with_503_and_retry_after_then_rearm_keeps_ho
     app.stop().await;
 }
 
+/// Redis down while marketing creates a campaign: the row is written, arming fails,
+/// the answer is 503. The retry under the same `Idempotency-Key`, once Redis is back,
+/// arms that campaign and answers with it: one campaign, not two.
+#[tokio::test]
+async fn a_create_answered_503_after_its_row_was_written_is_armed_by_its_retry_not_twinned() {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(|s| s.redis.url = url.clone().into()).await;
+    let body = crate::helpers::campaign_body(2, -60, 3600);
+    let create = || app.create_campaign_keyed(&body, "flash-after-outage");
+    redis.stop();
+    assert_problem(create().await, 503, "unavailable").await;
+    let written = app.db.campaigns(10).await.unwrap();
+    assert_eq!(written.len(), 1, "the first attempt wrote its row");
+
+    redis.restart().await;
+    let retried = create().await;
+    assert_eq!(retried.status(), 201);
+    assert_eq!(retried.headers()["idempotent-replayed"], "true");
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["id"], written[0].id);
+    assert_eq!(retried["status"], "open", "{retried}");
+    assert_eq!(app.db.campaigns(10).await.unwrap().len(), 1);
+    // Armed with its stock: two coupons, then sold out.
+    let id = written[0].id;
+    assert_eq!(app.claim(id, "a").await.status(), 201);
+    assert_eq!(app.claim(id, "b").await.status(), 201);
+    assert_problem(app.claim(id, "c").await, 410, "sold-out").await;
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_down_keeps_claims_answering_and_every_coupon_reaches_mysql_once() {
     let mut broker = PrivateBroker::start().await;

@@ -135,13 +135,39 @@ impl TestApp {
     }
 
     pub async fn create_campaign(&self, body: Value) -> reqwest::Response {
-        self.client
-            .post(self.url("/admin/v1/campaigns"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
+        self.create_campaign_request(&body)
             .send()
             .await
             .expect("request")
+    }
+
+    /// A create under an `Idempotency-Key`.
+    pub async fn create_campaign_keyed(&self, body: &Value, key: &str) -> reqwest::Response {
+        self.create_campaign_request(body)
+            .header("Idempotency-Key", key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    fn create_campaign_request(&self, body: &Value) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url("/admin/v1/campaigns"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+    }
+
+    /// GET /admin/v1/campaigns.
+    pub async fn admin_list(&self) -> Value {
+        let response = self
+            .client
+            .get(self.url("/admin/v1/campaigns"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
     }
 
     /// Creates an open campaign with `stock` coupons and returns its id.

@@ -8,11 +8,11 @@ let selected = null;        // campaign id shown in the live view
 let history = [];           // [{t, issued}] of the selected campaign, last ~60 s
 let pendingBrake = null;    // "pause" | "resume" awaiting confirmation
 
-async function api(method, path, body) {
+async function api(method, path, body, headers) {
   const response = await fetch(path, {
     method,
     headers: Object.assign({ Authorization: "Bearer " + token },
-      body ? { "Content-Type": "application/json" } : {}),
+      body ? { "Content-Type": "application/json" } : {}, headers || {}),
     body: body ? JSON.stringify(body) : undefined,
   });
   const data = await response.json().catch(() => ({}));
@@ -147,6 +147,12 @@ function utcFromLocalInput(value) {
   return (value.length === 16 ? value + ":00" : value) + "Z";
 }
 
+// One Idempotency-Key per campaign to create: a retry after a 503 or a lost answer
+// gets the campaign the first press wrote, not a second one. A new key after success.
+const newKey = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
+  (b) => b.toString(16).padStart(2, "0")).join("");
+let createKey = newKey();
+
 async function create(event) {
   event.preventDefault();
   const form = event.target;
@@ -161,9 +167,11 @@ async function create(event) {
     discount: { kind: v("discount_kind"), value: v("discount_value") || "0" },
     coupon_valid_days: Number(v("coupon_valid_days") || 0),
   };
-  const { ok, data, status } = await api("POST", "/admin/v1/campaigns", body);
+  const { ok, data, status } = await api("POST", "/admin/v1/campaigns", body,
+    { "Idempotency-Key": createKey });
   if (ok) {
     $("create-ok").textContent = "Campaign " + data.id + " created.";
+    createKey = newKey();
     form.reset();
     select(data.id);
     return;
