@@ -157,9 +157,85 @@ impl DiscountKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Discount {
     pub kind: DiscountKind,
-    /// Amount off (fixed) or percentage off (percent, 0 < value <= 100).
-    #[schema(value_type = String, example = "30")]
+    /// Amount off (fixed) or percentage off (percent, 0 < value <= 100), at most two
+    /// decimal places. Read from a JSON number (`30`) or a string of digits
+    /// (`"12.50"`); written as the string.
+    #[schema(schema_with = discount_value_schema)]
+    #[serde(deserialize_with = "discount_value")]
     pub value: Decimal,
+}
+
+/// A discount written as a string: digits, then optionally `.` and digits. No sign,
+/// exponent, spaces or `_` (which `Decimal`'s own parser would let through).
+const DISCOUNT_TEXT_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?$";
+
+fn is_discount_text(raw: &str) -> bool {
+    let (whole, fraction) = raw.split_once('.').unwrap_or((raw, "0"));
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    digits(whole) && digits(fraction)
+}
+
+/// The OpenAPI schema of `Discount::value`: what [`discount_value`] reads.
+fn discount_value_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(DISCOUNT_TEXT_PATTERN))
+                    .examples(["30", "12.50"]),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .exclusive_minimum(Some(0))
+                    .maximum(Some(1_000_000)),
+            )
+            .description(Some(
+                "Amount off (fixed, at most 1000000) or percentage off (percent, at most 100), \
+             above 0 with at most two decimal places: a number, or a string of digits \
+             with an optional fraction. Answers carry the string.",
+            ))
+            .build(),
+    )
+}
+
+/// Reads a discount from a JSON number or a string of plain digits, exactly (no
+/// binary floating point in between: `0.1` is 0.1).
+fn discount_value<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Decimal, D::Error> {
+    use serde::de::{Error, Unexpected, Visitor};
+    struct Amount;
+    impl Visitor<'_> for Amount {
+        type Value = Decimal;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number, or a string of digits with an optional fraction like \"12.50\"")
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Decimal, E> {
+            // `Display` of an f64 is the shortest text that reads back as it: "0.1".
+            Decimal::from_str_exact(&v.to_string()).map_err(|_| {
+                // Only a number past `Decimal`'s 28 digits gets here.
+                if v.abs() >= 1.0 {
+                    E::custom(format!("{v} is too large"))
+                } else {
+                    E::custom(format!("{v} has more than two decimal places"))
+                }
+            })
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Decimal, E> {
+            if !is_discount_text(v) {
+                return Err(E::invalid_value(Unexpected::Str(v), &self));
+            }
+            Decimal::from_str_exact(v).map_err(|err| E::custom(format!("{v:?}: {err}")))
+        }
+    }
+    input.deserialize_any(Amount)
 }
 
 /// The most coupons one campaign may hold: far above any flash event, far below
@@ -685,5 +761,57 @@ mod tests {
         assert!(CouponIssuedEvent::from_json(wrong.to_string().as_bytes())
             .unwrap_err()
             .contains("schema_version"));
+    }
+
+    fn read_discount(value: serde_json::Value) -> Result<Decimal, String> {
+        serde_json::from_value::<Discount>(serde_json::json!({"kind": "fixed", "value": value}))
+            .map(|d| d.value)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_discount_is_read_exactly_from_a_number_or_plain_digits() {
+        use std::str::FromStr;
+        let exact = |text: &str| Decimal::from_str(text).unwrap();
+        assert_eq!(read_discount(serde_json::json!(30)).unwrap(), exact("30"));
+        assert_eq!(read_discount(serde_json::json!(0.1)).unwrap(), exact("0.1"));
+        assert_eq!(
+            read_discount(serde_json::json!(12.5)).unwrap(),
+            exact("12.5")
+        );
+        assert_eq!(read_discount(serde_json::json!(-5)).unwrap(), exact("-5"));
+        assert_eq!(
+            read_discount(serde_json::json!("12.50")).unwrap(),
+            exact("12.50")
+        );
+        assert_eq!(read_discount(serde_json::json!("007")).unwrap(), exact("7"));
+        // What `Decimal`'s own parser accepts but the documented pattern does not.
+        for text in [
+            "+5", "-5", "1_000", ".5", "5.", "1e3", " 5", "", "y", "5.0.0",
+        ] {
+            let err = read_discount(serde_json::json!(text)).unwrap_err();
+            assert!(err.contains("string of digits"), "{text:?}: {err}");
+        }
+        assert!(
+            read_discount(serde_json::json!("123456789012345678901234567890"))
+                .unwrap_err()
+                .contains("123456789012345678901234567890")
+        );
+        assert!(read_discount(serde_json::json!(1e300))
+            .unwrap_err()
+            .contains("too large"));
+        assert!(read_discount(serde_json::json!(5e-324))
+            .unwrap_err()
+            .contains("more than two decimal places"));
+        assert!(read_discount(serde_json::json!(null)).is_err());
+        assert!(read_discount(serde_json::json!([1])).is_err());
+        // Written back as the string, which the pattern matches.
+        let written = serde_json::to_value(Discount {
+            kind: DiscountKind::Fixed,
+            value: exact("12.50"),
+        })
+        .unwrap();
+        assert_eq!(written["value"], "12.50");
+        assert!(is_discount_text("12.50") && is_discount_text("30"));
     }
 }

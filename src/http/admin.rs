@@ -19,6 +19,7 @@ pub struct CreateCampaign {
     #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "whole_number")]
     pub total_quantity: i64,
     /// Between the years 2000 and 9999.
     pub starts_at: DateTime<Utc>,
@@ -26,7 +27,41 @@ pub struct CreateCampaign {
     pub ends_at: DateTime<Utc>,
     pub discount: Discount,
     #[schema(minimum = 1, maximum = 3650)]
+    #[serde(deserialize_with = "whole_number")]
     pub coupon_valid_days: i32,
+}
+
+/// An integer field of a request body. JSON Schema counts `7.0` as an integer (a
+/// number with no fraction), and so does this; `7.5` or `"7"` is a type error.
+fn whole_number<'de, D, T>(input: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::{Error, Unexpected, Visitor};
+    struct Whole;
+    impl Visitor<'_> for Whole {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
+            // 2^63 is exact in an f64; every whole f64 below it fits an i64.
+            if v.fract() == 0.0 && v.abs() < 9_223_372_036_854_775_808.0 {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+    let whole = input.deserialize_any(Whole)?;
+    T::try_from(whole).map_err(|_| D::Error::custom(format!("{whole} is out of range")))
 }
 
 /// A campaign with live figures.
@@ -252,4 +287,48 @@ pub async fn resume(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     brake(req, path, state, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(
+        total_quantity: serde_json::Value,
+        coupon_valid_days: serde_json::Value,
+    ) -> Result<(i64, i32), String> {
+        super::super::from_json::<CreateCampaign>(json!({
+            "name": "n", "total_quantity": total_quantity,
+            "starts_at": "2030-01-01T00:00:00Z", "ends_at": "2030-01-02T00:00:00Z",
+            "discount": {"kind": "percent", "value": 30}, "coupon_valid_days": coupon_valid_days,
+        }))
+        .map(|body| (body.total_quantity, body.coupon_valid_days))
+        .map_err(|err| match err {
+            ApiError::BadBody(detail) => detail,
+            other => panic!("not a body error: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn integer_fields_take_whole_numbers_written_with_a_fraction_as_json_schema_does() {
+        assert_eq!(read(json!(100), json!(7)).unwrap(), (100, 7));
+        assert_eq!(read(json!(100.0), json!(7.0)).unwrap(), (100, 7));
+        let half = read(json!(100.5), json!(7)).unwrap_err();
+        assert!(
+            half.contains("total_quantity") && half.contains("100.5"),
+            "{half}"
+        );
+        let text = read(json!("100"), json!(7)).unwrap_err();
+        assert!(text.contains("expected an integer"), "{text}");
+        let huge = read(json!(100), json!(3_000_000_000_i64)).unwrap_err();
+        assert!(
+            huge.contains("coupon_valid_days") && huge.contains("out of range"),
+            "{huge}"
+        );
+        assert!(read(json!(1e300), json!(7))
+            .unwrap_err()
+            .contains("total_quantity"));
+        assert!(read(json!(u64::MAX), json!(7)).is_err());
+    }
 }
