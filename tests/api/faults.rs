@@ -126,10 +126,16 @@ async fn broker_down_keeps_claims_answering_and_every_coupon_reaches_mysql_once(
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     broker.restart().await;
+    let persisted = app
+        .wait_persisted(campaign, 300, Duration::from_secs(40))
+        .await;
+    // On failure, say which half stalled: events still pending is the relay (Redis to
+    // Kafka); none pending is the persister (Kafka to MySQL).
     assert_eq!(
-        app.wait_persisted(campaign, 300, Duration::from_secs(40))
-            .await,
-        300
+        persisted,
+        300,
+        "after the broker restart: {}",
+        app.admin_get(campaign).await
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rows = app.db.coupons_of_campaign(campaign).await.unwrap();
