@@ -123,7 +123,22 @@ impl HttpClient {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> anyhow::Result<(StatusCode, Value)> {
+        self.json_with_headers(method, path, token, body, &[]).await
+    }
+
+    /// [`Self::json`] with extra request headers (name, value).
+    pub async fn json_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let mut builder = Request::builder().method(method).uri(self.uri(path)?);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(token) = token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use ::http::{Method, StatusCode};
 use anyhow::{anyhow, bail, Context};
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{SecondsFormat, Utc};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -328,6 +329,8 @@ async fn prepare_claims(client: &HttpClient, args: &ClaimArgs) -> anyhow::Result
     })
 }
 
+/// Creates the run's campaign. A 503 or a lost answer is retried under one
+/// `Idempotency-Key`, so a create that wrote its row before failing is not made twice.
 async fn create_campaign(
     client: &HttpClient,
     token: &str,
@@ -343,24 +346,56 @@ async fn create_campaign(
         "discount": {"kind": "percent", "value": 10},
         "coupon_valid_days": 1,
     });
-    let (status, answer) = client
-        .json(
-            Method::POST,
-            "/admin/v1/campaigns",
-            Some(token),
-            Some(&body),
+    let key = format!("loadtest-{prefix}-{:016x}", rand::random::<u64>());
+    let attempt = || async {
+        let (status, answer) = client
+            .json_with_headers(
+                Method::POST,
+                "/admin/v1/campaigns",
+                Some(token),
+                Some(&body),
+                &[("idempotency-key", &key)],
+            )
+            .await
+            .map_err(|err| anyhow!(WorthRetrying(format!("{err:#}"))))?;
+        match status {
+            StatusCode::CREATED => answer["id"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("campaign created without an id: {answer}")),
+            StatusCode::UNAUTHORIZED => Err(anyhow!(
+                "POST /admin/v1/campaigns: 401, the admin token was refused (set --admin-token or LOADTEST_ADMIN_TOKEN)"
+            )),
+            StatusCode::SERVICE_UNAVAILABLE => Err(anyhow!(WorthRetrying(format!(
+                "POST /admin/v1/campaigns: 503 Service Unavailable: {answer}"
+            )))),
+            other => Err(anyhow!("POST /admin/v1/campaigns: {other}: {answer}")),
+        }
+    };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_times(4)
+                .with_jitter(),
         )
-        .await?;
-    match status {
-        StatusCode::CREATED => answer["id"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("campaign created without an id: {answer}")),
-        StatusCode::UNAUTHORIZED => bail!(
-            "POST /admin/v1/campaigns: 401, the admin token was refused (set --admin-token or LOADTEST_ADMIN_TOKEN)"
-        ),
-        other => bail!("POST /admin/v1/campaigns: {other}: {answer}"),
+        .when(|err| err.is::<WorthRetrying>())
+        .notify(|err, wait| {
+            eprintln!("loadtest: creating the campaign failed ({err}); retrying in {wait:?}")
+        })
+        .await
+}
+
+/// A create that got no answer or a 503: safe to retry under its key.
+#[derive(Debug)]
+struct WorthRetrying(String);
+
+impl std::fmt::Display for WorthRetrying {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for WorthRetrying {}
 
 /// After the load: the flash summary, and the checks unless --no-verify.
 async fn finish_claims(
