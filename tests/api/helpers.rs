@@ -355,6 +355,34 @@ impl Process {
         self.0.as_ref().expect("running").id()
     }
 
+    /// Waits until `port` accepts connections and checks that this process is the one
+    /// listening: a process restarted on its old port, which another test took in the
+    /// meantime, exits at once, and its dependants would talk to a stranger.
+    pub async fn wait_listening(&mut self, port: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running(port);
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "port {port} did not open");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Time for a process that failed to bind to exit (Tansu takes tens of ms).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        self.assert_running(port);
+    }
+
+    fn assert_running(&mut self, port: u16) {
+        let child = self.0.as_mut().expect("spawned");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the process for port {port} exited ({status}): is the port taken by another?");
+        }
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.0.take() {
@@ -444,8 +472,8 @@ impl PrivateRedis {
     }
 
     async fn launch(port: u16, dir: &std::path::Path) -> Process {
-        let process = Process::spawn(&mut Self::command(port, dir));
-        wait_for_port(port, Duration::from_secs(10)).await;
+        let mut process = Process::spawn(&mut Self::command(port, dir));
+        process.wait_listening(port, Duration::from_secs(10)).await;
         process
     }
 
@@ -608,13 +636,13 @@ impl PrivateBroker {
 
     async fn launch(port: u16) -> Process {
         let url = format!("tcp://127.0.0.1:{port}");
-        let process = Process::spawn(
+        let mut process = Process::spawn(
             Command::new(tansu_binary())
                 .arg("broker")
                 .args(["--listener-url", &url, "--advertised-listener-url", &url])
                 .args(["--storage-engine", "memory://tansu/"]),
         );
-        wait_for_port(port, Duration::from_secs(15)).await;
+        process.wait_listening(port, Duration::from_secs(15)).await;
         process
     }
 
@@ -748,7 +776,7 @@ impl PrivateMariaDb {
     }
 
     async fn launch(dir: &std::path::Path, port: u16) -> Process {
-        let process = Process::spawn(
+        let mut process = Process::spawn(
             Command::new("mariadbd")
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", dir.join("data").display()))
@@ -761,7 +789,7 @@ impl PrivateMariaDb {
                 ])
                 .args(["--skip-log-bin", "--innodb-buffer-pool-size=32M"]),
         );
-        wait_for_port(port, Duration::from_secs(30)).await;
+        process.wait_listening(port, Duration::from_secs(30)).await;
         process
     }
 
