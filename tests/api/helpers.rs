@@ -986,3 +986,25 @@ pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// `wait_listening` tells our process from a stranger that holds its port: the
+/// restart fails there, naming the port, instead of a later step timing out.
+#[tokio::test]
+async fn a_process_that_cannot_bind_its_port_fails_the_wait_naming_the_port() {
+    let stranger = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stranger.local_addr().unwrap().port();
+    let dir = private_dir("redis-taken-port");
+    let command_dir = dir.clone();
+    let waiting = tokio::spawn(async move {
+        let mut redis = Process::spawn(&mut PrivateRedis::command(port, &command_dir));
+        redis.wait_listening(port, Duration::from_secs(10)).await;
+    });
+    let failed = waiting.await.expect_err("the wait must fail");
+    let message = *failed.into_panic().downcast::<String>().expect("a message");
+    assert!(
+        message.contains(&format!("port {port}")) && message.contains("exited"),
+        "{message}"
+    );
+    drop(stranger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
