@@ -359,18 +359,7 @@ impl Process {
     /// listening: a process restarted on its old port, which another test took in the
     /// meantime, exits at once, and its dependants would talk to a stranger.
     pub async fn wait_listening(&mut self, port: u16, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            self.assert_running(port);
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "port {port} did not open");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_port(port, within).await;
         // Time for a process that failed to bind to exit (Tansu takes tens of ms).
         tokio::time::sleep(Duration::from_millis(250)).await;
         self.assert_running(port);
