@@ -4,6 +4,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -80,6 +81,9 @@ pub struct ServerSettings {
     pub keep_alive_secs: u64,
     /// Seconds a 503 tells the client to wait (`Retry-After`).
     pub retry_after_secs: u64,
+    /// Claims this instance lets wait on Redis at once; one more is answered 503 at
+    /// once instead of queueing behind them (Redis slow or the instance saturated).
+    pub max_claims_in_flight: NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +255,7 @@ max_body_bytes = 16384
 shutdown_timeout_secs = 10
 keep_alive_secs = 75
 retry_after_secs = 1
+max_claims_in_flight = 2048
 
 [redis]
 mode = "single"

@@ -54,7 +54,8 @@ impl Application {
     pub async fn build(settings: Settings, handle_signals: bool) -> anyhow::Result<Self> {
         let store = RedisStore::new(&settings.redis)?;
         let db = persistence::connect(&settings.database).await?;
-        let issuance = IssuanceService::new(store.clone(), db.clone());
+        let issuance = IssuanceService::new(store.clone(), db.clone())
+            .with_claim_limit(settings.server.max_claims_in_flight);
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 

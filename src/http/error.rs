@@ -55,6 +55,11 @@ pub enum ApiError {
     /// 503 `unavailable` with Retry-After: a dependency cannot answer right now.
     #[error("temporarily unavailable, retry shortly")]
     Unavailable { cause: String, retry_after: u64 },
+    /// 503 `unavailable` with Retry-After: this instance has `limit` claims waiting
+    /// on Redis already. Not logged one by one: `coupon_issue_total{result="rejected"}`
+    /// counts them, and at that moment there are thousands a second.
+    #[error("this instance already has {limit} claims waiting for an answer; retry after {retry_after} s")]
+    Overloaded { limit: usize, retry_after: u64 },
 }
 
 /// The problem document (RFC 9457) plus the extension members we use.
@@ -88,7 +93,9 @@ impl ApiError {
             ApiError::SoldOut => ("sold-out", "Sold out"),
             ApiError::TooLarge(_) => ("payload-too-large", "Payload too large"),
             ApiError::KeyReused(_) => ("idempotency-key-reused", "Idempotency key reused"),
-            ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
+            ApiError::Unavailable { .. } | ApiError::Overloaded { .. } => {
+                ("unavailable", "Service unavailable")
+            }
         }
     }
 
@@ -104,6 +111,7 @@ impl ApiError {
             ServiceError::NotFound(id) => ApiError::CampaignNotFound(id),
             ServiceError::Invalid(invalid) => ApiError::Invalid(invalid),
             ServiceError::Unavailable(cause) => ApiError::unavailable(cause, retry_after),
+            ServiceError::Overloaded { limit } => ApiError::Overloaded { limit, retry_after },
             reused @ ServiceError::KeyReused { .. } => ApiError::KeyReused(reused.to_string()),
         }
     }
@@ -120,7 +128,9 @@ impl ResponseError for ApiError {
             ApiError::SoldOut => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -147,6 +157,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable { cause, retry_after } => {
                 tracing::warn!(%cause, "answering 503");
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Overloaded { retry_after, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             _ => {}

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use super::{campaign_id, ApiError, AppState};
 use crate::domain::{CampaignStatus, Coupon, IssueOutcome};
+use crate::telemetry::metrics;
 
 /// Public view of a campaign.
 #[derive(Serialize, ToSchema)]
@@ -48,7 +49,7 @@ pub struct MyCoupons {
         (status = 429, description = "rate limited, retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "already issued (with the coupon) or campaign not open", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 410, description = "sold out", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable, retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable (Redis cannot answer, or this instance already has server.max_claims_in_flight claims waiting), retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn issue(
@@ -57,7 +58,11 @@ pub async fn issue(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = campaign_id(&path)?;
-    let user = state.shopper(&req)?;
+    let user = state.shopper(&req).inspect_err(|err| {
+        if matches!(err, ApiError::RateLimited { .. }) {
+            metrics::get().record_claim_rejected();
+        }
+    })?;
     let outcome = state
         .issuance
         .claim(id, &user)

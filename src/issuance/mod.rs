@@ -6,11 +6,13 @@
 pub mod relay;
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
 use moka::future::Cache;
+use tokio::sync::Semaphore;
 
 use crate::domain::{
     new_coupon_code, Campaign, CampaignId, CampaignStatus, Coupon, IdempotencyKey, Invalid,
@@ -29,6 +31,9 @@ pub enum ServiceError {
     /// A dependency failed or the campaign is not ready: try again shortly.
     #[error("{0}")]
     Unavailable(String),
+    /// This instance already has `limit` claims waiting on Redis: try again shortly.
+    #[error("this instance already has {limit} claims waiting for Redis; retry shortly")]
+    Overloaded { limit: usize },
     /// A create whose idempotency key an earlier create of another campaign used.
     #[error("Idempotency-Key {key:?} already created campaign {id} with other values; a new campaign needs a new key")]
     KeyReused { key: String, id: CampaignId },
@@ -86,6 +91,18 @@ pub struct IssuanceService {
     /// grows back, so an entry never goes stale. Filled by this instance's sold-out
     /// answers (then broadcast) and by other instances' broadcasts.
     sold_out: Arc<RwLock<HashSet<CampaignId>>>,
+    /// Slots of the claims waiting on Redis (`server.max_claims_in_flight`); None:
+    /// unbounded, for the CLI and jobs, which never claim.
+    claim_slots: Option<ClaimSlots>,
+}
+
+/// The bound on claims waiting on Redis at once: past it a claim is turned away at
+/// once (503) instead of queueing, so a slow Redis or a saturated instance shows as
+/// quick, retryable answers and not as a growing queue of requests that time out.
+#[derive(Clone)]
+struct ClaimSlots {
+    free: Arc<Semaphore>,
+    limit: usize,
 }
 
 impl IssuanceService {
@@ -98,7 +115,18 @@ impl IssuanceService {
                 .time_to_live(Duration::from_secs(1))
                 .build(),
             sold_out: Arc::default(),
+            claim_slots: None,
         }
+    }
+
+    /// Bounds the claims waiting on Redis at once to `limit`, reported by the
+    /// `coupon_issue_in_flight` gauge.
+    pub fn with_claim_limit(mut self, limit: NonZeroUsize) -> Self {
+        let limit = limit.get().min(Semaphore::MAX_PERMITS);
+        let free = Arc::new(Semaphore::new(limit));
+        metrics::get().watch_claims_in_flight(Arc::downgrade(&free), limit);
+        self.claim_slots = Some(ClaimSlots { free, limit });
+        self
     }
 
     pub fn store(&self) -> &RedisStore {
@@ -113,7 +141,8 @@ impl IssuanceService {
     /// the answer is Unavailable, never a coupon without the checks. The span's
     /// trace context rides with the coupon event into the persister's span.
     /// Once a campaign is known to be sold out, the answer is SoldOut at once, for
-    /// holders too (their coupon stays theirs, listed by `coupons_of`).
+    /// holders too (their coupon stays theirs, listed by `coupons_of`). With a claim
+    /// limit, a claim past it is Overloaded at once, without asking Redis.
     #[tracing::instrument(name = "coupon.claim", skip_all, fields(campaign_id = campaign_id, result))]
     pub async fn claim(
         &self,
@@ -125,6 +154,17 @@ impl IssuanceService {
             tracing::Span::current().record("result", "sold_out");
             return Ok(IssueOutcome::SoldOut);
         }
+        let _slot = match &self.claim_slots {
+            Some(slots) => match slots.free.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    metrics::get().record_claim_rejected();
+                    tracing::Span::current().record("result", "rejected");
+                    return Err(ServiceError::Overloaded { limit: slots.limit });
+                }
+            },
+            None => None,
+        };
         let traceparent = crate::telemetry::trace::traceparent_of(&tracing::Span::current());
         let code = new_coupon_code();
         let event_id = uuid::Uuid::now_v7().to_string();

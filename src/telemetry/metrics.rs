@@ -4,13 +4,14 @@
 //! (a counter `coupon_issue` is scraped as `coupon_issue_total`, a histogram with
 //! unit `s` gains `_seconds`).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider, ObservableGauge};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::sync::Semaphore;
 
 /// Bucket bounds in seconds for request and call latencies: fine below 10 ms
 /// where the hot path lives, and bracketing the 100 ms, 500 ms and 1 s alert
@@ -44,7 +45,13 @@ pub struct Metrics {
     bulkhead_wait: Histogram<f64>,
     bulkhead_rejections: Counter<u64>,
     reconcile_differences: Gauge<i64>,
+    claim_limits: ClaimLimits,
+    _coupon_issue_in_flight: ObservableGauge<i64>,
 }
+
+/// The claim limits `coupon_issue_in_flight` reads when scraped: their slots
+/// (dropped with their service) and their size.
+type ClaimLimits = Arc<Mutex<Vec<(Weak<Semaphore>, usize)>>>;
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -73,6 +80,30 @@ impl Metrics {
             .expect("the prometheus exporter builds with a fresh registry");
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("flashcoupon");
+        let claim_limits = ClaimLimits::default();
+        let watched = claim_limits.clone();
+        let coupon_issue_in_flight = meter
+            .i64_observable_gauge("coupon_issue_in_flight")
+            .with_description(
+                "Claims waiting on Redis (in_use) and the most this instance lets wait (max)",
+            )
+            .with_callback(move |observer| {
+                let mut limits = watched.lock().unwrap_or_else(|e| e.into_inner());
+                limits.retain(|(slots, _)| slots.strong_count() > 0);
+                if limits.is_empty() {
+                    return;
+                }
+                let (mut in_use, mut max) = (0, 0);
+                for (slots, limit) in limits.iter() {
+                    if let Some(slots) = slots.upgrade() {
+                        in_use += limit.saturating_sub(slots.available_permits()) as i64;
+                        max += *limit as i64;
+                    }
+                }
+                observer.observe(in_use, &[KeyValue::new("state", "in_use")]);
+                observer.observe(max, &[KeyValue::new("state", "max")]);
+            })
+            .build();
         let metrics = Self {
             http_request_duration: latency(
                 &meter,
@@ -167,6 +198,8 @@ impl Metrics {
                 .i64_gauge("reconcile_differences")
                 .with_description("Differences the last reconciliation found, by campaign and kind")
                 .build(),
+            claim_limits,
+            _coupon_issue_in_flight: coupon_issue_in_flight,
             registry,
             _provider: provider,
         };
@@ -197,7 +230,7 @@ impl Metrics {
         );
     }
 
-    /// `result`: issued, already_issued, sold_out, not_open, rejected or error.
+    /// `result`: issued, already_issued, sold_out, not_open or error.
     pub fn record_issue(&self, campaign_id: i64, result: &'static str) {
         self.coupon_issue.add(
             1,
@@ -206,6 +239,24 @@ impl Metrics {
                 KeyValue::new("result", result),
             ],
         );
+    }
+
+    /// A claim this instance turned away before the rule (rate-limited, or past its
+    /// in-flight limit): `result="rejected"`, without `campaign_id`, because the
+    /// campaign is not known to exist yet and an id from a request must not make a
+    /// series of its own.
+    pub fn record_claim_rejected(&self) {
+        self.coupon_issue
+            .add(1, &[KeyValue::new("result", "rejected")]);
+    }
+
+    /// Reports the claim limit `slots` (of `limit` slots) in `coupon_issue_in_flight`
+    /// for as long as its service lives; read when scraped, so a claim pays nothing.
+    pub fn watch_claims_in_flight(&self, slots: Weak<Semaphore>, limit: usize) {
+        self.claim_limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((slots, limit));
     }
 
     pub fn set_outbox_pending(&self, campaign_id: i64, pending: i64) {
@@ -362,6 +413,34 @@ mod tests {
         assert!(
             text.contains("redis_pool_connections{state=\"max\"} 3"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn claims_in_flight_are_read_from_the_limits_slots_when_scraped() {
+        let m = get();
+        let slots = Arc::new(Semaphore::new(5));
+        m.watch_claims_in_flight(Arc::downgrade(&slots), 5);
+        let taken = slots.clone().try_acquire_many_owned(2).unwrap();
+        let text = m.render();
+        assert!(
+            text.contains("coupon_issue_in_flight{state=\"in_use\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("coupon_issue_in_flight{state=\"max\"} 5"),
+            "{text}"
+        );
+        drop(taken);
+        let text = m.render();
+        assert!(
+            text.contains("coupon_issue_in_flight{state=\"in_use\"} 0"),
+            "{text}"
+        );
+        drop(slots);
+        assert!(
+            !m.render().contains("coupon_issue_in_flight{"),
+            "a dropped limit is not reported"
         );
     }
 }

@@ -7,7 +7,7 @@ use futures::{stream, StreamExt};
 use serde_json::Value;
 
 use crate::helpers::{
-    assert_problem, flashcoupon_command, spawn_app_with, PrivateBroker, PrivateRedis,
+    assert_problem, flashcoupon_command, metric_value, spawn_app_with, PrivateBroker, PrivateRedis,
 };
 
 #[tokio::test]
@@ -60,6 +60,98 @@ async fn redis_stopped_fails_closed_with_503_and_retry_after_then_rearm_keeps_ho
 /// Redis down while marketing creates a campaign: the row is written, arming fails,
 /// the answer is 503. The retry under the same `Idempotency-Key`, once Redis is back,
 /// arms that campaign and answers with it: one campaign, not two.
+/// Redis stops answering (SIGSTOP) in the middle of a burst: the instance lets
+/// `server.max_claims_in_flight` claims wait and turns the rest away at once with a
+/// retryable 503, instead of queueing them until they time out. When Redis answers
+/// again the waiting claims get their coupons and the slots are free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_in_flight_limit_claims_are_turned_away_at_once_instead_of_queueing() {
+    let redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(|s| {
+        s.redis.url = url.clone().into();
+        s.redis.timeout_ms = 20_000;
+        s.server.max_claims_in_flight = std::num::NonZeroUsize::new(4).unwrap();
+    })
+    .await;
+    let campaign = app.open_campaign(100).await;
+    assert_eq!(app.claim(campaign, "before").await.status(), 201);
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric_value(&metrics, "coupon_issue_in_flight{state=\"max\"}"),
+        Some(4.0),
+        "{metrics}"
+    );
+
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &redis.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let mut answers: stream::FuturesUnordered<_> = (0..12)
+        .map(|i| {
+            let app = &app;
+            async move { (i, app.claim(campaign, &format!("burst-{i}")).await) }
+        })
+        .collect();
+    // Redis is paused: only the claims past the limit can be answered, and at once.
+    let started = Instant::now();
+    let mut turned_away = HashSet::new();
+    for _ in 0..8 {
+        let (i, response) = tokio::time::timeout(Duration::from_secs(10), answers.next())
+            .await
+            .expect("claims past the limit are answered while Redis is paused")
+            .unwrap();
+        assert!(response.headers().contains_key("retry-after"));
+        let problem = assert_problem(response, 503, "unavailable").await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("already has 4 claims waiting"), "{detail}");
+        turned_away.insert(i);
+    }
+    let waited = started.elapsed();
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric_value(&metrics, "coupon_issue_in_flight{state=\"in_use\"}"),
+        Some(4.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "coupon_issue_total{result=\"rejected\"}"),
+        Some(8.0),
+        "{metrics}"
+    );
+
+    signal("-CONT");
+    let mut issued = HashSet::new();
+    while let Some((i, response)) = answers.next().await {
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        issued.insert(i);
+    }
+    drop(answers);
+    assert_eq!(issued.len(), 4);
+    assert!(issued.is_disjoint(&turned_away));
+    assert_eq!(app.admin_get(campaign).await["issued"], 5);
+    // The slots came back: a shopper turned away gets a coupon on retry.
+    let retry = *turned_away.iter().next().unwrap();
+    assert_eq!(
+        app.claim(campaign, &format!("burst-{retry}"))
+            .await
+            .status(),
+        201
+    );
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric_value(&metrics, "coupon_issue_in_flight{state=\"in_use\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    println!("8 claims past the limit of 4 answered 503 in {waited:?} while Redis was paused");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_create_answered_503_after_its_row_was_written_is_armed_by_its_retry_not_twinned() {
     let mut redis = PrivateRedis::start().await;

@@ -140,6 +140,12 @@ async fn every_contract_metric_is_exported_with_the_values_of_a_known_load() {
         1.0
     );
     assert_eq!(value("campaign_stock_remaining", &[c]), 0.0);
+    // Every claim has been answered: none waits on Redis, against the configured limit.
+    assert_eq!(value("coupon_issue_in_flight", &["state=\"in_use\""]), 0.0);
+    assert_eq!(
+        value("coupon_issue_in_flight", &["state=\"max\""]),
+        settings.server.max_claims_in_flight.get() as f64
+    );
 
     // RED per route, histograms in seconds with buckets around the alert thresholds.
     let route = "http_route=\"/api/v1/campaigns/{id}/issues\"";

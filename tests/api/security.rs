@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app_with};
+use crate::helpers::{assert_problem, metric_value, spawn_app_with};
 
 #[tokio::test]
 async fn a_shopper_over_the_limit_gets_429_with_retry_after_and_others_go_on() {
@@ -36,6 +36,13 @@ async fn a_shopper_over_the_limit_gets_429_with_retry_after_and_others_go_on() {
     // The bucket refills.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(app.claim(campaign, "eager").await.status(), 409);
+    // The 429 is counted as a claim turned away (no campaign label: see the metric).
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric_value(&metrics, "coupon_issue_total{result=\"rejected\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
     app.stop().await;
 }
 
