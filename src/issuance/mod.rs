@@ -155,7 +155,7 @@ impl IssuanceService {
             return Ok(IssueOutcome::SoldOut);
         }
         let _slot = match &self.claim_slots {
-            Some(slots) => match slots.free.clone().try_acquire_owned() {
+            Some(slots) => match slots.free.try_acquire() {
                 Ok(slot) => Some(slot),
                 Err(_) => {
                     metrics::get().record_claim_rejected();
