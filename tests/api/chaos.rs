@@ -215,14 +215,13 @@ async fn chaos_redis_primary_paused_10s() {
     let url = redis.url();
     let app = spawn_app_with(|s| s.redis.url = url.clone().into()).await;
     let campaign = app.open_campaign(STOCK).await;
-    let pid = redis.pid().to_string();
     let (answers, fault) = with_fault(
         app.address.clone(),
         campaign,
         Duration::from_secs(2),
         Duration::from_secs(10),
-        async { signal(&pid, "STOP") },
-        async { signal(&pid, "CONT") },
+        async { redis.signal("STOP") },
+        async { redis.signal("CONT") },
     )
     .await;
     print(
@@ -781,13 +780,4 @@ async fn chaos_cold_start_of_every_cache() {
     tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(20)))
         .await
         .unwrap();
-}
-
-fn signal(pid: &str, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid)
-        .status()
-        .unwrap();
-    assert!(status.success());
 }

@@ -57,9 +57,6 @@ async fn redis_stopped_fails_closed_with_503_and_retry_after_then_rearm_keeps_ho
     app.stop().await;
 }
 
-/// Redis down while marketing creates a campaign: the row is written, arming fails,
-/// the answer is 503. The retry under the same `Idempotency-Key`, once Redis is back,
-/// arms that campaign and answers with it: one campaign, not two.
 /// Redis stops answering (SIGSTOP) in the middle of a burst: the instance lets
 /// `server.max_claims_in_flight` claims wait and turns the rest away at once with a
 /// retryable 503, instead of queueing them until they time out. When Redis answers
@@ -83,14 +80,7 @@ async fn past_the_in_flight_limit_claims_are_turned_away_at_once_instead_of_queu
         "{metrics}"
     );
 
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, &redis.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    signal("-STOP");
+    redis.signal("STOP");
     let mut answers: stream::FuturesUnordered<_> = (0..12)
         .map(|i| {
             let app = &app;
@@ -124,7 +114,7 @@ async fn past_the_in_flight_limit_claims_are_turned_away_at_once_instead_of_queu
         "{metrics}"
     );
 
-    signal("-CONT");
+    redis.signal("CONT");
     let mut issued = HashSet::new();
     while let Some((i, response)) = answers.next().await {
         assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
@@ -152,6 +142,9 @@ async fn past_the_in_flight_limit_claims_are_turned_away_at_once_instead_of_queu
     app.stop().await;
 }
 
+/// Redis down while marketing creates a campaign: the row is written, arming fails,
+/// the answer is 503. The retry under the same `Idempotency-Key`, once Redis is back,
+/// arms that campaign and answers with it: one campaign, not two.
 #[tokio::test]
 async fn a_create_answered_503_after_its_row_was_written_is_armed_by_its_retry_not_twinned() {
     let mut redis = PrivateRedis::start().await;

@@ -470,12 +470,14 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
     pub fn stop(&mut self) {
         self.process.kill();
+    }
+
+    /// Sends `signal` (`STOP`: Redis stops answering but keeps its connections;
+    /// `CONT`: it goes on).
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
     }
 
     /// Starts again, empty, on the same port.
