@@ -89,16 +89,18 @@ impl Metrics {
             )
             .with_callback(move |observer| {
                 let mut limits = watched.lock().unwrap_or_else(|e| e.into_inner());
-                limits.retain(|(slots, _)| slots.strong_count() > 0);
-                if limits.is_empty() {
-                    return;
-                }
                 let (mut in_use, mut max) = (0, 0);
-                for (slots, limit) in limits.iter() {
-                    if let Some(slots) = slots.upgrade() {
+                // One pass: count the live limits, forget those whose service is gone.
+                limits.retain(|(slots, limit)| match slots.upgrade() {
+                    Some(slots) => {
                         in_use += limit.saturating_sub(slots.available_permits()) as i64;
                         max += *limit as i64;
+                        true
                     }
+                    None => false,
+                });
+                if limits.is_empty() {
+                    return;
                 }
                 observer.observe(in_use, &[KeyValue::new("state", "in_use")]);
                 observer.observe(max, &[KeyValue::new("state", "max")]);
