@@ -36,11 +36,18 @@ pub fn isolated_settings() -> Settings {
     s.admin.token = SecretString::from(ADMIN_TOKEN.to_owned());
     // Tests fire many requests from one address; the limits have tests of their own.
     s.limits.enabled = false;
+    // Tests share two cores and one disk with each other (and, at the start of a run,
+    // with the build's writeback): a commit can wait seconds for its fsync there. The
+    // service's 5 s statement bound would turn that into a 503 that no test is about;
+    // the tests of timeouts set their own.
+    s.database.statement_timeout_ms = 15_000;
     if std::env::var("TEST_LOG").is_ok() {
         s.log.filter = "info,flashcoupon=debug".into();
         s.log.format = "pretty".into();
     } else {
-        s.log.filter = "off".into();
+        // Warnings and errors only: nextest shows a test's output when it fails, so
+        // a 503 in CI comes with the cause the service logged for it.
+        s.log.filter = "warn".into();
     }
     static TRACES: std::sync::OnceLock<telemetry::trace::TraceGuard> = std::sync::OnceLock::new();
     TRACES.get_or_init(|| telemetry::init(&s.log, &s.tracing).expect("telemetry"));
@@ -338,6 +345,54 @@ pub async fn wait_for_port(port: u16, within: Duration) {
     }
 }
 
+/// Inodes of the sockets listening on TCP `port` (IPv4 or IPv6), from `/proc/net`.
+fn listening_socket_inodes(port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+        for fields in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok());
+            if *state == LISTEN && local_port == Some(port) {
+                inodes.extend(inode.parse::<u64>().ok());
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether process `pid` has one of the sockets `inodes` among its open files.
+fn holds_socket(pid: u32, inodes: &[u64]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+        .any(|inode| inodes.contains(&inode))
+}
+
 /// A process killed when dropped.
 pub struct Process(Option<Child>);
 
@@ -355,14 +410,24 @@ impl Process {
         self.0.as_ref().expect("running").id()
     }
 
-    /// Waits until `port` accepts connections and checks that this process is the one
-    /// listening: a process restarted on its old port, which another test took in the
-    /// meantime, exits at once, and its dependants would talk to a stranger.
+    /// Waits until this process itself listens on `port`. A process restarted on its
+    /// old port, which another test took in the meantime, exits instead, and its
+    /// dependants would talk to a stranger: the wait fails naming the port. The owner
+    /// of the listening socket is read from `/proc`, so a slow start on a busy machine
+    /// is waited for, not mistaken for the stranger (or the stranger for it).
     pub async fn wait_listening(&mut self, port: u16, within: Duration) {
-        wait_for_port(port, within).await;
-        // Time for a process that failed to bind to exit (Tansu takes tens of ms).
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        self.assert_running(port);
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running(port);
+            if holds_socket(self.pid(), &listening_socket_inodes(port)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process for port {port} did not listen on it within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn assert_running(&mut self, port: u16) {
