@@ -47,6 +47,8 @@ struct Problem {
     #[serde(rename = "type")]
     kind: String,
     coupon: Option<Issued>,
+    /// Set on the 503 of an instance past `server.max_claims_in_flight`.
+    in_flight_limit: Option<u64>,
 }
 
 /// Reads a claim's answer: its outcome, and the coupon code it names (201, or the
@@ -68,7 +70,10 @@ pub fn classify(status: u16, body: &[u8]) -> (Outcome, Option<String>) {
         },
         410 => (Outcome::SoldOut, None),
         429 => (Outcome::RateLimited, None),
-        503 => (Outcome::Unavailable, None),
+        503 => match serde_json::from_slice::<Problem>(body) {
+            Ok(p) if p.in_flight_limit.is_some() => (Outcome::Busy, None),
+            _ => (Outcome::Unavailable, None),
+        },
         other => (Outcome::Status(other), None),
     }
 }
@@ -215,6 +220,14 @@ mod tests {
         assert_eq!(classify(410, b"").0, Outcome::SoldOut);
         assert_eq!(classify(429, b"").0, Outcome::RateLimited);
         assert_eq!(classify(503, b"").0, Outcome::Unavailable);
+        assert_eq!(
+            classify(503, br#"{"type":"unavailable","status":503}"#).0,
+            Outcome::Unavailable
+        );
+        assert_eq!(
+            classify(503, br#"{"type":"unavailable","in_flight_limit":2048}"#).0,
+            Outcome::Busy
+        );
         assert_eq!(classify(404, b"").0, Outcome::Status(404));
     }
 

@@ -33,8 +33,11 @@ pub enum Outcome {
     SoldOut,
     /// 429 `rate-limited`.
     RateLimited,
-    /// 503 `unavailable`.
+    /// 503 `unavailable`: a dependency (Redis, MySQL) failed.
     Unavailable,
+    /// 503 `unavailable` with `in_flight_limit`: the instance already had that many
+    /// claims waiting on Redis and turned this one away at once.
+    Busy,
     /// Any other HTTP status.
     Status(u16),
     /// No answer within the per-request timeout.
@@ -53,6 +56,7 @@ impl Outcome {
             Outcome::SoldOut => "410 sold-out".into(),
             Outcome::RateLimited => "429 rate-limited".into(),
             Outcome::Unavailable => "503 unavailable".into(),
+            Outcome::Busy => "503 instance busy".into(),
             Outcome::Status(code) => code.to_string(),
             Outcome::Timeout => "timeout".into(),
             Outcome::Transport => "transport error".into(),
@@ -515,6 +519,7 @@ mod tests {
         rec.record("claim", Outcome::Issued, start, at(start, 10));
         rec.record("claim", Outcome::AlreadyIssued, start, at(start, 20));
         rec.record("claim", Outcome::SoldOut, at(start, 1000), at(start, 1500));
+        rec.record("claim", Outcome::Busy, at(start, 1000), at(start, 1010));
         rec.record(
             "claim",
             Outcome::Unavailable,
@@ -525,19 +530,20 @@ mod tests {
         rec.record("claim", Outcome::Transport, start, at(start, 2950));
         rec.dropped();
         let m = rec.measurements(Duration::from_secs(3));
-        assert_eq!(m.completed, 6);
+        assert_eq!(m.completed, 7);
         assert_eq!(m.dropped, 1);
-        assert_eq!(m.errors, 2, "503 and transport");
+        assert_eq!(m.errors, 3, "two 503s and transport");
         assert_eq!(m.statuses["201 issued"], 1);
         assert_eq!(m.statuses["409 already-issued"], 1);
         assert_eq!(m.statuses["410 sold-out"], 1);
         assert_eq!(m.statuses["503 unavailable"], 1);
+        assert_eq!(m.statuses["503 instance busy"], 1);
         assert_eq!(m.statuses["transport error"], 1);
-        assert_eq!(m.operations["claim"].count, 5);
+        assert_eq!(m.operations["claim"].count, 6);
         assert_eq!(m.operations["top-products"].statuses["200"], 1);
         let per_second: Vec<(u64, u64)> =
             m.timeline.iter().map(|s| (s.completed, s.errors)).collect();
-        assert_eq!(per_second, vec![(2, 0), (1, 0), (3, 2)]);
+        assert_eq!(per_second, vec![(2, 0), (2, 1), (3, 2)]);
         // Second 2 saw 100 ms, 2900 ms and 2950 ms.
         assert!(
             (m.timeline[2].p50_ms - 2900.0).abs() < 30.0,

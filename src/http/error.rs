@@ -76,6 +76,12 @@ pub struct Problem {
     /// The coupon already held, for `already-issued`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coupon: Option<Coupon>,
+    /// For the `unavailable` of a claim turned away because this instance already has
+    /// this many claims waiting on Redis (`server.max_claims_in_flight`); absent when
+    /// a dependency failed. Tells "add instances" from "fix Redis" without parsing
+    /// `detail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight_limit: Option<usize>,
 }
 
 impl ApiError {
@@ -144,6 +150,7 @@ impl ResponseError for ApiError {
             detail: self.to_string(),
             field: None,
             coupon: None,
+            in_flight_limit: None,
         };
         let mut response = HttpResponse::build(status);
         match self {
@@ -152,8 +159,11 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized | ApiError::ShopperUnauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            ApiError::RateLimited { retry_after, .. }
-            | ApiError::Overloaded { retry_after, .. } => {
+            ApiError::RateLimited { retry_after, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Overloaded { limit, retry_after } => {
+                problem.in_flight_limit = Some(*limit);
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             ApiError::Unavailable { cause, retry_after } => {

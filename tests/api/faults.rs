@@ -28,7 +28,11 @@ async fn redis_stopped_fails_closed_with_503_and_retry_after_then_rearm_keeps_ho
     let response = app.claim(campaign, "late").await;
     let waited = started.elapsed();
     assert!(response.headers().contains_key("retry-after"));
-    assert_problem(response, 503, "unavailable").await;
+    let problem = assert_problem(response, 503, "unavailable").await;
+    assert!(
+        problem.get("in_flight_limit").is_none(),
+        "a failed Redis is not a busy instance: {problem}"
+    );
     assert!(waited < Duration::from_secs(10), "503 took {waited:?}");
     let ready = app
         .client
@@ -99,6 +103,7 @@ async fn past_the_in_flight_limit_claims_are_turned_away_at_once_instead_of_queu
         let problem = assert_problem(response, 503, "unavailable").await;
         let detail = problem["detail"].as_str().unwrap();
         assert!(detail.contains("already has 4 claims waiting"), "{detail}");
+        assert_eq!(problem["in_flight_limit"], 4, "{problem}");
         turned_away.insert(i);
     }
     let waited = started.elapsed();
