@@ -113,20 +113,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         }));
 }
 
-/// Middleware: records `http_server_request_duration_seconds` by route template.
+/// Middleware: records `http_server_request_duration_seconds` by route template (found
+/// by the root span, which runs first).
 pub async fn record_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
     let response = next.call(req).await?;
+    let request = response.request();
     metrics::get().record_http(
-        &route,
-        &method,
+        request_span::MatchedRoute::of(request).0,
+        request_span::method_name(request.method()),
         response.status().as_u16(),
         started.elapsed(),
     );

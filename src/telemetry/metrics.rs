@@ -221,12 +221,20 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    pub fn record_http(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    /// `route` and `method` are `'static` (interned templates, standard methods), so
+    /// recording allocates no label.
+    pub fn record_http(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         self.http_request_duration.record(
             elapsed.as_secs_f64(),
             &[
-                KeyValue::new("http_route", route.to_owned()),
-                KeyValue::new("http_request_method", method.to_owned()),
+                KeyValue::new("http_route", route),
+                KeyValue::new("http_request_method", method),
                 KeyValue::new("http_response_status_code", i64::from(status)),
             ],
         );
