@@ -159,18 +159,15 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized | ApiError::ShopperUnauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            ApiError::RateLimited { retry_after, .. } => {
-                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
-            }
-            ApiError::Overloaded { limit, retry_after } => {
-                problem.in_flight_limit = Some(*limit);
-                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
-            }
-            ApiError::Unavailable { cause, retry_after } => {
-                tracing::warn!(%cause, "answering 503");
-                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
-            }
+            ApiError::Overloaded { limit, .. } => problem.in_flight_limit = Some(*limit),
+            ApiError::Unavailable { cause, .. } => tracing::warn!(%cause, "answering 503"),
             _ => {}
+        }
+        if let ApiError::RateLimited { retry_after, .. }
+        | ApiError::Overloaded { retry_after, .. }
+        | ApiError::Unavailable { retry_after, .. } = self
+        {
+            response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
         }
         response
             .content_type("application/problem+json")
