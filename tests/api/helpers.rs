@@ -506,12 +506,12 @@ impl PrivateRedis {
     pub async fn replica_of(primary: &PrivateRedis) -> Self {
         let port = free_port();
         let dir = private_dir(&format!("redis-{port}"));
-        let process = Process::spawn(Self::command(port, &dir).args([
+        let mut process = Process::spawn(Self::command(port, &dir).args([
             "--replicaof",
             "127.0.0.1",
             &primary.port.to_string(),
         ]));
-        wait_for_port(port, Duration::from_secs(10)).await;
+        process.wait_listening(port, Duration::from_secs(10)).await;
         Self { port, process, dir }
     }
 
@@ -583,8 +583,8 @@ impl PrivateSentinel {
             ),
         )
         .unwrap();
-        let process = Process::spawn(Command::new("redis-server").arg(&conf).arg("--sentinel"));
-        wait_for_port(port, Duration::from_secs(10)).await;
+        let mut process = Process::spawn(Command::new("redis-server").arg(&conf).arg("--sentinel"));
+        process.wait_listening(port, Duration::from_secs(10)).await;
         Self {
             port,
             _process: process,
@@ -624,8 +624,8 @@ impl PrivateCluster {
                     .arg(dir.join(format!("nodes-{port}.conf"))),
             ));
         }
-        for port in &ports {
-            wait_for_port(*port, Duration::from_secs(10)).await;
+        for (node, port) in nodes.iter_mut().zip(&ports) {
+            node.wait_listening(*port, Duration::from_secs(10)).await;
         }
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
@@ -962,7 +962,7 @@ impl PrivatePrometheus {
              scrape_configs:\n  - job_name: flashcoupon\n    static_configs: [{{targets: ['{target}']}}]\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let process = Process::spawn(
+        let mut process = Process::spawn(
             Command::new("prometheus")
                 .arg(format!(
                     "--config.file={}",
@@ -974,7 +974,7 @@ impl PrivatePrometheus {
                 ))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}")),
         );
-        wait_for_port(port, Duration::from_secs(30)).await;
+        process.wait_listening(port, Duration::from_secs(30)).await;
         Self {
             port,
             dir,
