@@ -83,6 +83,9 @@ struct Slot {
     attempted: bool,
     /// Got an answer that settles whether it holds a coupon (201, already-issued, 410).
     definitive: bool,
+    /// Got an answer after which its holding is unknown: an error, a timeout, or a 503
+    /// of a failed dependency (the script may have run before the failure).
+    uncertain: bool,
     answers_201: u8,
     code_201: Option<Box<str>>,
     /// The code repeated by an already-issued answer.
@@ -98,8 +101,12 @@ pub struct Ledger {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tally {
     pub attempted: u64,
-    /// Shoppers with only errors, timeouts or not-open answers: holding unknown.
+    /// Shoppers with no definitive answer and at least one error, timeout or
+    /// dependency 503: holding unknown.
     pub undecided: u64,
+    /// Shoppers turned away by every answer before any stock was touched (429, the
+    /// in-flight 503, 409 campaign-not-open): certainly holding nothing.
+    pub refused: u64,
     pub holding: u64,
     pub answered_201: u64,
     /// Shoppers who got more than one 201.
@@ -146,7 +153,13 @@ impl Ledger {
                 }
             }
             Outcome::SoldOut => slot.definitive = true,
-            _ => {}
+            // Refused before Redis was asked (or by the campaign's state): no coupon.
+            Outcome::RateLimited | Outcome::Busy | Outcome::NotOpen => {}
+            Outcome::Conflict
+            | Outcome::Unavailable
+            | Outcome::Status(_)
+            | Outcome::Timeout
+            | Outcome::Transport => slot.uncertain = true,
         }
     }
 
@@ -159,7 +172,11 @@ impl Ledger {
             }
             t.attempted += 1;
             if !s.definitive {
-                t.undecided += 1;
+                if s.uncertain {
+                    t.undecided += 1;
+                } else {
+                    t.refused += 1;
+                }
             }
             if s.answers_201 > 0 || s.held_code.is_some() {
                 t.holding += 1;
@@ -241,9 +258,19 @@ mod tests {
         ledger.note(2, Outcome::AlreadyIssued, Some("X".into()));
         ledger.note(2, Outcome::Issued, Some("C".into()));
         ledger.note(3, Outcome::Unavailable, None);
+        ledger.note(3, Outcome::Busy, None);
+        ledger.note(4, Outcome::Busy, None);
+        ledger.note(4, Outcome::RateLimited, None);
+        ledger.note(4, Outcome::NotOpen, None);
+        ledger.note(5, Outcome::Busy, None);
+        ledger.note(5, Outcome::SoldOut, None);
         let t = ledger.tally();
-        assert_eq!(t.attempted, 4);
+        assert_eq!(t.attempted, 6);
+        // Shopper 3's 503 of a failed dependency leaves it unknown; the busy answer
+        // after it does not settle that.
         assert_eq!(t.undecided, 1);
+        // Shopper 4 was only ever refused; shopper 5's 410 is definitive.
+        assert_eq!(t.refused, 1);
         assert_eq!(t.holding, 3);
         assert_eq!(t.answered_201, 4);
         assert_eq!(t.shoppers_with_two_201, 1);

@@ -413,6 +413,7 @@ async fn finish_claims(
         user_prefix: setup.plan.prefix.clone(),
         shoppers_attempted: tally.attempted,
         shoppers_holding: tally.holding,
+        shoppers_refused: tally.refused,
         answered_201: tally.answered_201,
         issued: None,
         persisted: None,

@@ -345,6 +345,9 @@ pub struct FlashSummary {
     pub shoppers_attempted: u64,
     /// Shoppers told they hold a coupon (201 or 409 already-issued).
     pub shoppers_holding: u64,
+    /// Shoppers turned away by every answer before any stock was touched (429,
+    /// 503 instance busy, 409 campaign-not-open).
+    pub shoppers_refused: u64,
     pub answered_201: u64,
     /// Coupons the service counts as issued during the run (admin API), when verified.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -466,6 +469,13 @@ pub fn render_table(s: &Summary) -> String {
             f.shoppers_holding,
             f.answered_201
         );
+        if f.shoppers_refused > 0 {
+            let _ = writeln!(
+                out,
+                "{} shoppers were only ever refused (429, 503 instance busy or not open) and hold nothing",
+                f.shoppers_refused
+            );
+        }
     }
     out
 }

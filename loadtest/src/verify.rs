@@ -95,21 +95,28 @@ pub fn judge(f: &Figures) -> Vec<Check> {
             t.shoppers_with_two_201, t.held_code_mismatches
         ),
     ));
-    // Shoppers with only errors may or may not have got a coupon: they widen the range.
-    let hi = f.stock.min(t.attempted);
+    // Shoppers only ever refused (429, instance busy, not open) cannot hold a coupon;
+    // shoppers with only errors may or may not: they widen the range.
+    let contenders = t.attempted - t.refused;
+    let hi = f.stock.min(contenders);
     let lo = if f.sold_out_seen {
         f.stock
     } else {
         f.stock.min(t.holding)
     };
+    let refused = if t.refused > 0 {
+        format!(" ({} of {} were only refused)", t.refused, t.attempted)
+    } else {
+        String::new()
+    };
     let expected = if lo == hi {
         format!(
-            "expected min(stock {}, shoppers {}) = {hi}",
-            f.stock, t.attempted
+            "expected min(stock {}, shoppers {contenders}{refused}) = {hi}",
+            f.stock
         )
     } else {
         format!(
-            "expected {lo} to {hi}: {} shoppers had only errors or not-open answers",
+            "expected {lo} to {hi}: {} shoppers had only errors, timeouts or 503s of a failed dependency{refused}",
             t.undecided
         )
     };
@@ -348,6 +355,14 @@ mod tests {
         }
     }
 
+    /// The service issued `n` during the run, and all `n` reached MySQL.
+    fn issued_and_persisted(f: &mut Figures, n: u64) {
+        f.issued = n;
+        f.after.issued = n;
+        f.after.persisted = Some(n);
+        f.mysql.rows = n;
+    }
+
     fn failed(checks: &[Check]) -> Vec<&str> {
         checks
             .iter()
@@ -376,10 +391,7 @@ mod tests {
         f.stock = 1_000;
         f.sold_out_seen = false;
         f.tally.holding = 300;
-        f.issued = 299;
-        f.after.issued = 299;
-        f.after.persisted = Some(299);
-        f.mysql.rows = 299;
+        issued_and_persisted(&mut f, 299);
         let checks = judge(&f);
         assert_eq!(
             failed(&checks),
@@ -395,16 +407,40 @@ mod tests {
         f.sold_out_seen = false;
         f.tally.holding = 290;
         f.tally.undecided = 10;
-        f.issued = 295;
-        f.after.issued = 295;
-        f.after.persisted = Some(295);
-        f.mysql.rows = 295;
+        issued_and_persisted(&mut f, 295);
         let checks = judge(&f);
         assert!(failed(&checks).is_empty(), "{checks:?}");
         assert!(
             checks[2].detail.contains("290 to 300"),
             "{}",
             checks[2].detail
+        );
+    }
+
+    #[test]
+    fn shoppers_only_ever_refused_narrow_the_expected_range() {
+        let mut f = healthy();
+        f.stock = 1_000;
+        f.sold_out_seen = false;
+        f.tally.attempted = 300;
+        f.tally.refused = 20;
+        f.tally.holding = 280;
+        issued_and_persisted(&mut f, 280);
+        let checks = judge(&f);
+        assert!(failed(&checks).is_empty(), "{checks:?}");
+        assert!(
+            checks[2]
+                .detail
+                .contains("shoppers 280 (20 of 300 were only refused)) = 280"),
+            "{}",
+            checks[2].detail
+        );
+        // A coupon for a shopper who was only ever told "busy" or "rate limited" is
+        // a coupon nobody was told about: the check catches it.
+        issued_and_persisted(&mut f, 281);
+        assert_eq!(
+            failed(&judge(&f)),
+            vec!["issued == min(stock, distinct shoppers)"]
         );
     }
 
