@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::helpers::{
     flashcoupon_command, flush_prefix, free_port, isolated_settings, prepare_database,
-    spawn_app_with, start_app, wait_for_port, LatencyProxy, PrivateBroker, PrivateMariaDb,
-    PrivateRedis, PrivateSentinel, Process, ADMIN_TOKEN,
+    spawn_app_with, start_app, LatencyProxy, PrivateBroker, PrivateMariaDb, PrivateRedis,
+    PrivateSentinel, Process, ADMIN_TOKEN,
 };
 
 const STOCK: i64 = 2_000;
@@ -302,8 +302,11 @@ async fn chaos_service_instance_killed_mid_request() {
     settings.server.port = free_port();
     let db = prepare_database(&settings).await;
     let serve = || Process::spawn(&mut flashcoupon_command(&settings, &["serve"]));
-    let server = Arc::new(Mutex::new(Some(serve())));
-    wait_for_port(settings.server.port, Duration::from_secs(30)).await;
+    let mut first = serve();
+    first
+        .wait_listening(settings.server.port, Duration::from_secs(30))
+        .await;
+    let server = Arc::new(Mutex::new(Some(first)));
     let base = format!("http://127.0.0.1:{}", settings.server.port);
     let campaign = crate::helpers::open_campaign_at(&reqwest::Client::new(), &base, STOCK).await;
     let killer = server.clone();
@@ -320,8 +323,12 @@ async fn chaos_service_instance_killed_mid_request() {
             }
         },
         async move {
-            *restarter.lock().unwrap() = Some(serve());
-            wait_for_port(port, Duration::from_secs(30)).await;
+            // The old process is gone (kill -9), so the new one can take the port.
+            let mut restarted = serve();
+            restarted
+                .wait_listening(port, Duration::from_secs(30))
+                .await;
+            *restarter.lock().unwrap() = Some(restarted);
         },
     )
     .await;
@@ -732,8 +739,10 @@ async fn chaos_cold_start_of_every_cache() {
     // top-products snapshot, no refresher lease), and a new process has an empty
     // L1 and campaign cache.
     assert!(flush_prefix(&settings).await > 0);
-    let server = Process::spawn(&mut flashcoupon_command(&settings, &["serve"]));
-    wait_for_port(settings.server.port, Duration::from_secs(30)).await;
+    let mut server = Process::spawn(&mut flashcoupon_command(&settings, &["serve"]));
+    server
+        .wait_listening(settings.server.port, Duration::from_secs(30))
+        .await;
     let base = format!("http://127.0.0.1:{}", settings.server.port);
     // The burst and the home page arrive the moment the port opens.
     let ((answers, fault), tops) = tokio::join!(

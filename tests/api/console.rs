@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::helpers::{assert_problem, free_port, spawn_app, wait_for_port, Process, ADMIN_TOKEN};
+use crate::helpers::{assert_problem, free_port, spawn_app, Process, ADMIN_TOKEN};
 
 async fn browser() -> (Process, Client, tempfile_dir::Dir) {
     let port = free_port();
-    let driver = Process::spawn(Command::new("chromedriver").arg(format!("--port={port}")));
-    wait_for_port(port, Duration::from_secs(20)).await;
+    let mut driver = Process::spawn(Command::new("chromedriver").arg(format!("--port={port}")));
+    driver.wait_listening(port, Duration::from_secs(20)).await;
     let profile = tempfile_dir::Dir::new("console-chromium");
     let mut caps = serde_json::Map::new();
     caps.insert(

@@ -89,7 +89,7 @@ async fn metrics_count_issuance_outcomes_and_requests() {
 #[tokio::test]
 async fn sigterm_stops_serving_and_the_relay_flushes_before_exit() {
     use crate::helpers::{
-        flashcoupon_command, free_port, isolated_settings, prepare_database, wait_for_port, Process,
+        flashcoupon_command, free_port, isolated_settings, prepare_database, Process,
     };
     use std::time::Duration;
 
@@ -97,7 +97,9 @@ async fn sigterm_stops_serving_and_the_relay_flushes_before_exit() {
     settings.server.port = free_port();
     let db = prepare_database(&settings).await;
     let mut server = Process::spawn(&mut flashcoupon_command(&settings, &["serve"]));
-    wait_for_port(settings.server.port, Duration::from_secs(30)).await;
+    server
+        .wait_listening(settings.server.port, Duration::from_secs(30))
+        .await;
     let base = format!("http://127.0.0.1:{}", settings.server.port);
     let client = reqwest::Client::new();
     let id = crate::helpers::open_campaign_at(&client, &base, 50).await;
@@ -147,7 +149,9 @@ async fn sigterm_stops_serving_and_the_relay_flushes_before_exit() {
     // outbox for the next start: after a restart all 30 arrive.
     let persisted = db.persisted_count(id).await.unwrap();
     let mut restarted = Process::spawn(&mut flashcoupon_command(&settings, &["serve"]));
-    wait_for_port(settings.server.port, Duration::from_secs(30)).await;
+    restarted
+        .wait_listening(settings.server.port, Duration::from_secs(30))
+        .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while db.persisted_count(id).await.unwrap() < 30 {
         assert!(

@@ -334,17 +334,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub async fn wait_for_port(port: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "port {port} did not open");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Inodes of the sockets listening on TCP `port` (IPv4 or IPv6), from `/proc/net`.
 fn listening_socket_inodes(port: u16) -> Vec<u64> {
     const LISTEN: &str = "0A";

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{
     campaign_body, flashcoupon_command, free_port, isolated_settings, open_campaign_at,
-    prepare_database, wait_for_port, Process, ADMIN_TOKEN,
+    prepare_database, Process, ADMIN_TOKEN,
 };
 
 /// Sum of the samples of `name` (exact metric name) whose labels contain every
@@ -33,7 +33,9 @@ async fn every_contract_metric_is_exported_with_the_values_of_a_known_load() {
         .env("FLASHCOUPON__CATALOG__SALES_ENABLED", "false")
         .env("FLASHCOUPON__RECONCILE__INTERVAL_SECS", "1");
     let mut server = Process::spawn(&mut command);
-    wait_for_port(settings.server.port, Duration::from_secs(30)).await;
+    server
+        .wait_listening(settings.server.port, Duration::from_secs(30))
+        .await;
     let base = format!("http://127.0.0.1:{}", settings.server.port);
     let client = reqwest::Client::new();
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::helpers::{free_port, wait_for_port, Process, ADMIN_TOKEN};
+use crate::helpers::{free_port, Process, ADMIN_TOKEN};
 
 /// The service with its default configuration (database `flashcoupon`, topic
 /// `coupon.issued.v1`, as the runbooks assume) on a free port, with Redis keys of its
@@ -64,7 +64,7 @@ async fn every_safe_runbook_block_runs_and_every_metric_it_greps_exists() {
         .unwrap();
     assert!(migrated.success(), "flashcoupon migrate failed");
     let mut server = Process::spawn(&mut service_command(port, &group, &["serve"]));
-    wait_for_port(port, Duration::from_secs(30)).await;
+    server.wait_listening(port, Duration::from_secs(30)).await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::Value;
 
 use crate::helpers::{
-    flashcoupon_command, free_port, isolated_settings, prepare_database, wait_for_port, Process,
+    flashcoupon_command, free_port, isolated_settings, prepare_database, Process,
 };
 
 /// Every span the receiver got: (trace id, span id, parent span id, name).
@@ -66,7 +66,9 @@ async fn a_claim_is_one_trace_from_the_request_to_the_persister() {
         .env("FLASHCOUPON__TRACING__OTLP_PROTOCOL", "http/json")
         .env("FLASHCOUPON__CATALOG__SALES_ENABLED", "false");
     let mut server = Process::spawn(&mut command);
-    wait_for_port(settings.server.port, Duration::from_secs(30)).await;
+    server
+        .wait_listening(settings.server.port, Duration::from_secs(30))
+        .await;
     let base = format!("http://127.0.0.1:{}", settings.server.port);
     let client = reqwest::Client::new();
     let id = crate::helpers::open_campaign_at(&client, &base, 5).await;
