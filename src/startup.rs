@@ -32,6 +32,9 @@ pub struct Application {
     handle: ServerHandle,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// How long the background work gets to stop once the server has: the relay may
+    /// wait one delivery timeout for the batches it has on the wire, then flushes.
+    tasks_stop_within: Duration,
     issuance: IssuanceService,
 }
 
@@ -226,6 +229,8 @@ impl Application {
             handle,
             shutdown,
             tasks,
+            tasks_stop_within: Duration::from_millis(settings.kafka.message_timeout_ms.into())
+                + Duration::from_secs(10),
             issuance,
         })
     }
@@ -252,10 +257,23 @@ impl Application {
         // runtime, which is gone now; what still runs reconnects on its own.
         self.issuance.store().reconnect_on_next_use();
         self.shutdown.cancel();
-        for task in self.tasks {
-            if let Err(err) = task.await {
-                tracing::error!(error = %err, "background task panicked");
+        let stopped = tokio::time::timeout(
+            self.tasks_stop_within,
+            futures::future::join_all(self.tasks),
+        )
+        .await;
+        match stopped {
+            Ok(results) => {
+                for err in results.into_iter().filter_map(Result::err) {
+                    tracing::error!(error = %err, "background task panicked");
+                }
             }
+            // What they had in hand is not lost: outbox entries stay pending in Redis
+            // and Kafka offsets uncommitted, so the next start takes them up.
+            Err(_) => tracing::error!(
+                within_secs = self.tasks_stop_within.as_secs(),
+                "background tasks did not stop in time; stopping without them"
+            ),
         }
         tracing::info!("stopped");
         Ok(served?)

@@ -1,7 +1,9 @@
 //! The outbox relay, run by every instance: drains each campaign's Redis outbox
 //! stream to `coupon.issued.v1` and acknowledges (XACK + XDEL) an entry only after
 //! the broker confirmed its delivery. Entries another instance left pending (it
-//! died) are taken over with XAUTOCLAIM. A few batches are on the wire at once (the
+//! died) are taken over with XAUTOCLAIM; entries of its own that failed delivery
+//! (broker down) are read again from its pending list, a batch per pass until none
+//! are left, before the next takeover round would find them. A few batches are on the wire at once (the
 //! next is read while the broker confirms the last), so in-flight work is bounded by
 //! batch size x `BATCHES_IN_FLIGHT`; while the broker is down the outbox simply grows
 //! and drains later.
@@ -68,6 +70,8 @@ impl Relay {
         let mut idle_passes: u32 = 0;
         // Entries of our own that failed delivery and wait to be read again.
         let mut own_pending = true;
+        // The last takeover came back full: look again next pass.
+        let mut claim_left = false;
         while !shutdown.is_cancelled() {
             if campaigns_read_at.is_none_or(|t| {
                 t.elapsed() >= Duration::from_millis(self.settings.campaigns_refresh_ms)
@@ -78,13 +82,20 @@ impl Relay {
                 }
                 campaigns_read_at = Some(Instant::now());
             }
-            let claim_now =
-                claimed_at.elapsed() >= Duration::from_millis(self.settings.claim_idle_ms / 2);
+            let claim_now = claim_left
+                || claimed_at.elapsed() >= Duration::from_millis(self.settings.claim_idle_ms / 2);
             if claim_now {
                 claimed_at = Instant::now();
             }
-            let (moved, failed) = self.pass(&campaigns, own_pending, claim_now).await;
-            own_pending = failed;
+            let pass = self
+                .pass(&campaigns, own_pending, claim_now, &shutdown)
+                .await;
+            // Read our own pending entries again while a delivery failed, and while
+            // the last read of them came back full: an outage can leave many batches
+            // of them, and XAUTOCLAIM would otherwise take one batch per claim round.
+            own_pending = pass.failed || pass.own_pending_left;
+            claim_left = claim_now && !pass.failed && pass.claimed_left;
+            let (moved, failed) = (pass.moved, pass.failed);
             let pause = if failed {
                 failures = failures.saturating_add(1);
                 Duration::from_millis((100u64 << failures.min(6)).min(5_000))
@@ -111,22 +122,24 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
-    /// One pass over every campaign with work. Returns (entries delivered, any failure).
+    /// One pass over every campaign with work, cut short by `shutdown` (a broker that
+    /// is down costs each campaign its delivery timeout).
     async fn pass(
         &mut self,
         campaigns: &[CampaignId],
         own_pending: bool,
         claim: bool,
-    ) -> (usize, bool) {
+        shutdown: &CancellationToken,
+    ) -> Pass {
+        let mut pass = Pass::default();
         let lengths = match self.store.outbox_lengths(campaigns).await {
             Ok(lengths) => lengths,
             Err(err) => {
                 tracing::warn!(error = %err, "relay: cannot read outbox lengths");
-                return (0, true);
+                pass.failed = true;
+                return pass;
             }
         };
-        let mut moved = 0;
-        let mut failed = false;
         for (&id, &length) in campaigns.iter().zip(&lengths) {
             if self.exported_pending.insert(id, length) != Some(length) {
                 metrics::get().set_outbox_pending(id, length);
@@ -134,12 +147,19 @@ impl Relay {
             if length == 0 {
                 continue;
             }
+            if shutdown.is_cancelled() {
+                break;
+            }
             match self.drain_once(id, own_pending, claim).await {
-                Ok(n) => moved += n,
-                Err(()) => failed = true,
+                Ok(turn) => {
+                    pass.moved += turn.delivered;
+                    pass.own_pending_left |= turn.own_pending_left;
+                    pass.claimed_left |= turn.claimed_left;
+                }
+                Err(()) => pass.failed = true,
             }
         }
-        (moved, failed)
+        pass
     }
 
     /// Drains a campaign's outbox for one turn: reads a batch, queues it to the
@@ -152,12 +172,15 @@ impl Relay {
         id: CampaignId,
         own_pending: bool,
         claim: bool,
-    ) -> Result<usize, ()> {
+    ) -> Result<Turn, ()> {
         let batch = self.settings.batch_size;
-        let first = self.first_batch(id, own_pending, claim).await?;
+        let (first, source) = self.first_batch(id, own_pending, claim).await?;
         if first.is_empty() {
-            return Ok(0);
+            return Ok(Turn::default());
         }
+        let full = first.len() == batch;
+        let own_pending_left = full && source == Source::OwnPending;
+        let claimed_left = full && source == Source::Claimed;
         let outcome = {
             let (store, producer) = (&self.store, &self.producer);
             let mut more = first.len() == batch;
@@ -213,7 +236,11 @@ impl Relay {
             return Err(());
         }
         self.failed_rounds = 0;
-        Ok(outcome.delivered)
+        Ok(Turn {
+            delivered: outcome.delivered,
+            own_pending_left,
+            claimed_left,
+        })
     }
 
     /// The first batch of a turn: entries left by a dead instance (when it is time to
@@ -223,7 +250,7 @@ impl Relay {
         id: CampaignId,
         own_pending: bool,
         claim: bool,
-    ) -> Result<Vec<OutboxEntry>, ()> {
+    ) -> Result<(Vec<OutboxEntry>, Source), ()> {
         let batch = self.settings.batch_size;
         if claim {
             let idle = Duration::from_millis(self.settings.claim_idle_ms);
@@ -238,7 +265,7 @@ impl Relay {
                         count = claimed.len(),
                         "relay: claimed entries left by another instance"
                     );
-                    return Ok(claimed);
+                    return Ok((claimed, Source::Claimed));
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "relay: XAUTOCLAIM failed"),
@@ -251,12 +278,13 @@ impl Relay {
                 .await
                 .map_err(|err| tracing::warn!(error = %err, "relay: reading own pending failed"))?;
             if !entries.is_empty() {
-                return Ok(entries);
+                return Ok((entries, Source::OwnPending));
             }
         }
         self.store
             .read_outbox(id, &self.consumer, batch, false)
             .await
+            .map(|entries| (entries, Source::New))
             .map_err(|err| tracing::warn!(error = %err, "relay: XREADGROUP failed"))
     }
 
@@ -271,6 +299,38 @@ impl Relay {
             Err(e) => tracing::error!(error = %e, "relay: cannot rebuild producer"),
         }
     }
+}
+
+/// What one pass over the campaigns came to.
+#[derive(Debug, Default)]
+struct Pass {
+    moved: usize,
+    failed: bool,
+    /// Some campaign's read of our own pending entries came back full.
+    own_pending_left: bool,
+    /// Some campaign's takeover came back full.
+    claimed_left: bool,
+}
+
+/// What one campaign's turn delivered.
+#[derive(Debug, Default)]
+struct Turn {
+    delivered: usize,
+    /// The turn began with a full batch of our own pending entries: more may wait.
+    own_pending_left: bool,
+    /// The turn began with a full batch taken over from another instance: more may wait.
+    claimed_left: bool,
+}
+
+/// Where the first batch of a turn came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Taken over from another consumer (XAUTOCLAIM).
+    Claimed,
+    /// Ours, read before and not acknowledged (XREADGROUP from 0).
+    OwnPending,
+    /// Never read before (XREADGROUP `>`).
+    New,
 }
 
 /// Batches of one campaign on the wire at once.

@@ -182,7 +182,15 @@ async fn a_create_answered_503_after_its_row_was_written_is_armed_by_its_retry_n
 async fn broker_down_keeps_claims_answering_and_every_coupon_reaches_mysql_once() {
     let mut broker = PrivateBroker::start().await;
     let brokers = broker.address();
-    let app = spawn_app_with(|s| s.kafka.brokers = brokers).await;
+    let app = spawn_app_with(|s| {
+        s.kafka.brokers = brokers;
+        // Small batches, so the outage leaves many of them pending with the relay; and
+        // no takeover round within the test, so those must be read again by the relay
+        // itself, not found by XAUTOCLAIM a batch per round.
+        s.relay.batch_size = 20;
+        s.relay.claim_idle_ms = 600_000;
+    })
+    .await;
     let campaign = app.open_campaign(1000).await;
 
     let claim_range = |range: std::ops::Range<i32>| {
@@ -213,7 +221,9 @@ async fn broker_down_keeps_claims_answering_and_every_coupon_reaches_mysql_once(
     let figures = app.admin_get(campaign).await;
     assert_eq!(figures["issued"], 300);
     assert!(figures["pending_events"].as_i64().unwrap() > 0, "{figures}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Longer than the delivery timeout (10 s): the batches read so far fail and stay
+    // pending with the relay.
+    tokio::time::sleep(Duration::from_secs(12)).await;
 
     broker.restart().await;
     let persisted = app
