@@ -133,6 +133,9 @@ pub struct KafkaSettings {
     pub dlt_topic: String,
     pub persister_group: String,
     pub partitions: i32,
+    /// Replicas of each topic created at start-up: 1 suits the local single broker;
+    /// a real cluster wants 3, or the relay acknowledges events that one broker holds.
+    pub replication_factor: i32,
     /// Create missing topics at start-up (local stack, tests); off where a platform team owns topics.
     pub create_topics: bool,
     pub session_timeout_ms: u32,
@@ -282,6 +285,7 @@ issued_topic = "coupon.issued.v1"
 dlt_topic = ""
 persister_group = "flashcoupon-persister"
 partitions = 3
+replication_factor = 1
 create_topics = true
 session_timeout_ms = 6000
 message_timeout_ms = 10000

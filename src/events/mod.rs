@@ -47,7 +47,13 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[String]) -> anyho
     let admin: AdminClient<DefaultClientContext> = base_config(settings).create()?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, settings.partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication_factor),
+            )
+        })
         .collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_millis(settings.request_timeout_ms)));
