@@ -36,7 +36,8 @@ pub struct LimitSettings {
     /// Sustained requests per second of one client address, and the burst allowed.
     pub per_address_per_sec: u32,
     pub address_burst: u32,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    /// Take the client address from the last `X-Forwarded-For` entry, the one the
+    /// trusted proxy in front appended (only behind such a proxy).
     pub trust_forwarded_for: bool,
 }
 

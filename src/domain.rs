@@ -287,10 +287,13 @@ impl NewCampaign {
         if self.ends_at <= Utc::now() {
             return Err(Invalid::new("ends_at", "must be in the future"));
         }
-        if !STORED_YEARS.contains(&self.starts_at.year())
-            || !STORED_YEARS.contains(&self.ends_at.year())
-        {
-            return Err(Invalid::new("starts_at", stored_years_rule()));
+        for (field, at) in [("starts_at", self.starts_at), ("ends_at", self.ends_at)] {
+            if !STORED_YEARS.contains(&at.year()) {
+                return Err(Invalid::new(
+                    field,
+                    format!("{}, got {}", stored_years_rule(), at.to_rfc3339()),
+                ));
+            }
         }
         let value = self.discount.value;
         match self.discount.kind {
@@ -666,6 +669,13 @@ mod tests {
             ..campaign()
         };
         assert_eq!(backwards.validate().unwrap_err().field, "ends_at");
+        let far_end = NewCampaign {
+            ends_at: "+10000-01-01T00:00:00Z".parse().unwrap(),
+            ..campaign()
+        };
+        let err = far_end.validate().unwrap_err();
+        assert_eq!(err.field, "ends_at", "{err:?}");
+        assert!(err.to_string().contains("+10000-01-01"), "{err}");
         let too_much = NewCampaign {
             discount: Discount {
                 kind: DiscountKind::Percent,

@@ -103,18 +103,24 @@ impl RateLimits {
 impl Buckets {
     fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
         if self.trust_forwarded_for {
-            let forwarded = req
-                .headers()
-                .get(actix_web::http::header::X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse().ok());
-            if forwarded.is_some() {
-                return forwarded;
+            if let Some(forwarded) = address_added_by_proxy(req) {
+                return Some(forwarded);
             }
         }
         req.peer_addr().map(|a| a.ip())
     }
+}
+
+/// The last `X-Forwarded-For` entry: the address our trusted proxy saw and appended.
+/// Entries before it are whatever the client sent, so a script that made one up per
+/// request would otherwise get a fresh bucket each time.
+fn address_added_by_proxy(req: &HttpRequest) -> Option<IpAddr> {
+    req.headers()
+        .get_all(actix_web::http::header::X_FORWARDED_FOR)
+        .last()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Whole seconds for Retry-After, at least 1.
@@ -132,6 +138,29 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(200)), 1);
         assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+    }
+
+    #[test]
+    fn the_forwarded_address_is_the_one_the_proxy_appended() {
+        // The address taken from requests with these X-Forwarded-For header lines.
+        let taken = |lines: &[&str]| {
+            let mut request = actix_web::test::TestRequest::default();
+            for line in lines {
+                request = request.append_header((actix_web::http::header::X_FORWARDED_FOR, *line));
+            }
+            address_added_by_proxy(&request.to_http_request()).map(|a| a.to_string())
+        };
+        let made_up_by_client = "203.0.113.7";
+        assert_eq!(
+            taken(&[&format!("{made_up_by_client}, 198.51.100.2")]).as_deref(),
+            Some("198.51.100.2")
+        );
+        assert_eq!(
+            taken(&[made_up_by_client, "198.51.100.3"]).as_deref(),
+            Some("198.51.100.3")
+        );
+        assert_eq!(taken(&["not-an-address"]), None);
+        assert_eq!(taken(&[]), None);
     }
 
     #[test]
