@@ -100,6 +100,8 @@ struct ClaimSetup {
     plan: ClaimPlan,
     ledger: Arc<Ledger>,
     db: Option<sea_orm::DatabaseConnection>,
+    /// MySQL rows of the campaign for users outside the run, before it.
+    others_before: u64,
     args: ClaimArgs,
 }
 
@@ -304,6 +306,20 @@ async fn prepare_claims(client: &HttpClient, args: &ClaimArgs) -> anyhow::Result
         }
     };
     let before = verify::campaign_figures(client, &token, campaign).await?;
+    let others_before = match &db {
+        Some(db) => {
+            let (ours, others) = verify::rows_before(db, campaign, &prefix).await?;
+            if ours > 0 {
+                bail!(
+                    "shoppers named {prefix}-N already hold {ours} coupons of campaign \
+                     {campaign}: their answers would be 409 already-issued and the checks \
+                     could not tell them from this run's; choose another --user-prefix"
+                );
+            }
+            others
+        }
+        None => 0,
+    };
     if let (false, Some(stock)) = (created, args.stock) {
         if stock != before.remaining {
             eprintln!(
@@ -325,6 +341,7 @@ async fn prepare_claims(client: &HttpClient, args: &ClaimArgs) -> anyhow::Result
         },
         ledger: Arc::new(Ledger::new(args.shoppers)),
         db,
+        others_before,
         args: args.clone(),
     })
 }
@@ -454,6 +471,7 @@ async fn finish_claims(
                 drain_secs,
                 drain_timeout_secs: setup.args.drain_timeout_secs,
                 mysql,
+                others_before: setup.others_before,
             };
             (summary, verify::judge(&figures))
         }

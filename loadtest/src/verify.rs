@@ -55,6 +55,8 @@ impl CampaignFigures {
 pub struct MysqlFigures {
     /// Rows of the campaign.
     pub rows: u64,
+    /// Rows of the campaign whose user is not one of the run's shoppers (prefix).
+    pub rows_of_others: u64,
     /// Users with more than one row in the campaign.
     pub duplicate_users: u64,
     /// 201 codes whose shopper has no row.
@@ -76,6 +78,8 @@ pub struct Figures {
     pub drain_secs: f64,
     pub drain_timeout_secs: u64,
     pub mysql: MysqlFigures,
+    /// `rows_of_others` before the run (0 for a campaign the run created).
+    pub others_before: u64,
 }
 
 /// The checks, in the order they are printed.
@@ -155,6 +159,17 @@ pub fn judge(f: &Figures) -> Vec<Check> {
             f.mysql.rows, a.issued
         ),
     ));
+    // The admin `issued` is the larger of Redis's count and MySQL's rows, so the two
+    // checks above cannot see a row too many; a row of someone outside the run can.
+    let others_added = f.mysql.rows_of_others.saturating_sub(f.others_before);
+    checks.push(check(
+        "no coupon in MySQL for a shopper outside the run",
+        f.mysql.rows_of_others == f.others_before,
+        format!(
+            "{others_added} rows added for users outside the run ({} before, {} after)",
+            f.others_before, f.mysql.rows_of_others
+        ),
+    ));
     checks.push(check(
         "no shopper twice in MySQL",
         f.mysql.duplicate_users == 0,
@@ -206,7 +221,9 @@ pub async fn campaign_figures(
 }
 
 /// Polls the campaign until the outbox and the persister drained, or `timeout`.
-/// Returns the last figures and the seconds waited.
+/// Returns the last figures and the seconds waited. A failed read (a 503 or a
+/// timeout while the service catches up) is retried; only reads failing until the
+/// end are an error, reported with the last failure.
 pub async fn wait_for_drain(
     client: &HttpClient,
     token: &str,
@@ -214,11 +231,28 @@ pub async fn wait_for_drain(
     timeout: Duration,
 ) -> anyhow::Result<(CampaignFigures, f64)> {
     let start = Instant::now();
+    let mut failed_reads = 0u32;
     loop {
-        let figures = campaign_figures(client, token, campaign).await?;
+        let read = campaign_figures(client, token, campaign).await;
         let waited = start.elapsed();
-        if figures.drained() || waited >= timeout {
-            return Ok((figures, waited.as_secs_f64()));
+        match read {
+            Ok(figures) if figures.drained() || waited >= timeout => {
+                return Ok((figures, waited.as_secs_f64()));
+            }
+            Ok(_) => {}
+            Err(err) if waited >= timeout => {
+                return Err(err.context(format!(
+                    "the campaign's figures were unreadable for the last of {failed_reads} \
+                     failed reads, {:.0} s after the run",
+                    waited.as_secs_f64()
+                )));
+            }
+            Err(err) => {
+                failed_reads += 1;
+                if failed_reads == 1 {
+                    eprintln!("note: reading the campaign's figures failed ({err:#}); retrying");
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -270,6 +304,32 @@ async fn count(db: &DatabaseConnection, sql: &str, campaign: u64) -> anyhow::Res
     Ok(n.max(0) as u64)
 }
 
+/// Only the shoppers of a run: user_id LIKE '<prefix>-%' ('_' escaped).
+fn shoppers_pattern(prefix: &str) -> String {
+    format!("{}-%", prefix.replace('_', "!_"))
+}
+
+/// Rows of `campaign` before a run: (of shoppers named with `prefix`, of anyone else).
+pub async fn rows_before(
+    db: &DatabaseConnection,
+    campaign: u64,
+    prefix: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let sql = "SELECT COUNT(*), CAST(COALESCE(SUM(user_id LIKE ? ESCAPE '!'), 0) AS SIGNED) \
+               FROM issued_coupon WHERE campaign_id = ?";
+    let row = db
+        .query_one_raw(stmt(
+            sql,
+            vec![shoppers_pattern(prefix).into(), (campaign as i64).into()],
+        ))
+        .await
+        .with_context(|| format!("MySQL: {sql}"))?
+        .ok_or_else(|| anyhow!("MySQL: no row for {sql}"))?;
+    let all: i64 = row.try_get_by_index(0)?;
+    let ours: i64 = row.try_get_by_index(1)?;
+    Ok((ours.max(0) as u64, (all - ours).max(0) as u64))
+}
+
 /// What MySQL holds for `campaign`, and how the 201 codes of the run compare.
 pub async fn mysql_figures(
     db: &DatabaseConnection,
@@ -290,16 +350,18 @@ pub async fn mysql_figures(
         campaign,
     )
     .await?;
-    // Only this run's shoppers: user_id LIKE '<prefix>-%' ('_' escaped).
-    let pattern = format!("{}-%", plan.prefix.replace('_', "!_"));
     let ours = db
         .query_all_raw(stmt(
             "SELECT user_id, coupon_code FROM issued_coupon \
              WHERE campaign_id = ? AND user_id LIKE ? ESCAPE '!'",
-            vec![(campaign as i64).into(), pattern.into()],
+            vec![
+                (campaign as i64).into(),
+                shoppers_pattern(&plan.prefix).into(),
+            ],
         ))
         .await
         .context("MySQL: reading the run's coupons")?;
+    let rows_of_run = ours.len() as u64;
     let mut in_mysql: HashMap<u64, String> = HashMap::with_capacity(ours.len());
     for row in ours {
         let user: String = row.try_get_by_index(0)?;
@@ -310,6 +372,7 @@ pub async fn mysql_figures(
     }
     let mut figures = MysqlFigures {
         rows,
+        rows_of_others: rows.saturating_sub(rows_of_run),
         duplicate_users,
         ..MysqlFigures::default()
     };
@@ -352,6 +415,7 @@ mod tests {
                 rows: 100,
                 ..MysqlFigures::default()
             },
+            others_before: 0,
         }
     }
 
@@ -374,8 +438,32 @@ mod tests {
     #[test]
     fn a_clean_sold_out_run_passes_every_check() {
         let checks = judge(&healthy());
-        assert_eq!(checks.len(), 7);
+        assert_eq!(checks.len(), 8);
         assert!(failed(&checks).is_empty(), "{checks:?}");
+    }
+
+    #[test]
+    fn a_row_for_someone_outside_the_run_fails_although_counts_agree() {
+        // Redis issued 997 and MySQL holds 998 rows: the admin `issued` (the larger)
+        // is 998, within the range the undecided shoppers allow.
+        let mut f = healthy();
+        f.stock = 1_000;
+        f.sold_out_seen = false;
+        f.tally.attempted = 1_000;
+        f.tally.holding = 997;
+        f.tally.undecided = 3;
+        issued_and_persisted(&mut f, 998);
+        f.mysql.rows_of_others = 1;
+        let checks = judge(&f);
+        assert_eq!(
+            failed(&checks),
+            vec!["no coupon in MySQL for a shopper outside the run"]
+        );
+        f.others_before = 1;
+        assert!(
+            failed(&judge(&f)).is_empty(),
+            "rows from before the run are not the run's"
+        );
     }
 
     #[test]
