@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::anyhow;
+use plotters::coord::types::{RangedCoordf64, RangedCoordu64};
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
@@ -63,7 +64,7 @@ fn draw_with(
         .max(1);
     let max_ms = timeline
         .iter()
-        .map(|s| s.p99_ms)
+        .filter_map(|s| s.p99_ms)
         .fold(0.0_f64, f64::max)
         .max(1.0);
 
@@ -131,23 +132,11 @@ fn draw_with(
     } else {
         latency.draw_series(grid(seconds, max_ms * 1.1, |y| y))?;
     }
-    latency.draw_series(dots(timeline, |s| s.p50_ms, GREEN))?;
-    let p50 = latency.draw_series(LineSeries::new(
-        timeline.iter().map(|s| (s.second, s.p50_ms)),
-        GREEN.stroke_width(2),
-    ))?;
+    // Seconds without answers have no latency: the lines break there.
+    let legend = |name| text.then_some(name);
+    draw_latency(&mut latency, timeline, |s| s.p50_ms, GREEN, legend("p50"))?;
+    draw_latency(&mut latency, timeline, |s| s.p99_ms, MAGENTA, legend("p99"))?;
     if text {
-        p50.label("p50")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
-    }
-    latency.draw_series(dots(timeline, |s| s.p99_ms, MAGENTA))?;
-    let p99 = latency.draw_series(LineSeries::new(
-        timeline.iter().map(|s| (s.second, s.p99_ms)),
-        MAGENTA.stroke_width(2),
-    ))?;
-    if text {
-        p99.label("p99")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MAGENTA.stroke_width(2)));
         latency
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
@@ -160,6 +149,42 @@ fn draw_with(
 }
 
 /// A dot per second, so a run of one or two seconds still shows.
+/// A latency line in runs of consecutive seconds that had answers, with a dot per
+/// second, and its legend entry when the chart has text.
+fn draw_latency<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordu64, RangedCoordf64>>,
+    timeline: &[SecondSummary],
+    y: impl Fn(&SecondSummary) -> Option<f64>,
+    color: RGBColor,
+    legend: Option<&str>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let points: Vec<(u64, f64)> = timeline
+        .iter()
+        .filter_map(|s| Some((s.second, y(s)?)))
+        .collect();
+    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    let mut runs: Vec<Vec<(u64, f64)>> = Vec::new();
+    for point in points {
+        match runs.last_mut() {
+            Some(run) if run.last().is_some_and(|last| last.0 + 1 == point.0) => run.push(point),
+            _ => runs.push(vec![point]),
+        }
+    }
+    for run in runs {
+        chart.draw_series(LineSeries::new(run, color.stroke_width(2)))?;
+    }
+    if let Some(name) = legend {
+        // An empty series that only carries the legend entry.
+        chart
+            .draw_series(LineSeries::new(Vec::new(), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    Ok(())
+}
+
 fn dots<Y: 'static>(
     timeline: &[SecondSummary],
     y: impl Fn(&SecondSummary) -> Y,
@@ -198,8 +223,9 @@ mod tests {
                 second: i,
                 completed: 100 * i,
                 errors: i % 2,
-                p50_ms: 1.0 + i as f64,
-                p99_ms: 5.0 + i as f64,
+                // Second 2 had no answers (a stall).
+                p50_ms: (i != 2).then_some(1.0 + i as f64),
+                p99_ms: (i != 2).then_some(5.0 + i as f64),
             })
             .collect()
     }

@@ -79,8 +79,9 @@ pub struct Common {
     /// Stop sending after this many seconds.
     #[arg(long, value_parser = parse_positive_secs)]
     pub duration: Option<f64>,
-    /// Ramp-up: 0 is a burst, everyone at once; X starts closed workers evenly over X s,
-    /// or grows the open arrival rate linearly from 0 to --rate over X s.
+    /// Ramp-up: 0 starts every closed worker at once, or sends at the full --rate from
+    /// the first request; X starts closed workers evenly over X s, or grows the open
+    /// arrival rate linearly from 0 to --rate over X s (at most --duration).
     #[arg(long, default_value_t = 0.0, value_parser = parse_secs)]
     pub ramp_secs: f64,
     /// Open model: connections used at most; requests wait for one (and the wait counts
@@ -91,8 +92,9 @@ pub struct Common {
     /// dropped and counted.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
-    /// Per-request timeout in seconds; a timeout counts as its own outcome.
-    #[arg(long, default_value_t = 10.0, value_parser = parse_positive_secs)]
+    /// Per-request timeout in seconds (at most 3600, what the histograms record); a
+    /// timeout counts as its own outcome.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_timeout_secs)]
     pub timeout_secs: f64,
     /// Output directory for summary.json and chart.png
     /// [default: target/loadtest/<scenario>-<timestamp>].
@@ -177,9 +179,9 @@ pub struct MixedArgs {
     pub common: Common,
     #[command(flatten)]
     pub claim: ClaimArgs,
-    /// Share of requests that are top-products reads (0 to 1); the rest are claims.
+    /// Share of requests that are top-products reads (0 to below 1); the rest are claims.
     /// Once every shopper has sent its claims, every request is a read.
-    #[arg(long, default_value_t = 0.8, value_parser = parse_ratio)]
+    #[arg(long, default_value_t = 0.8, value_parser = parse_read_ratio)]
     pub read_ratio: f64,
     /// The `limit` of the top-products reads.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -229,6 +231,15 @@ impl Command {
             }
             _ => {}
         }
+        if let Some(duration) = common.duration {
+            if common.ramp_secs > duration {
+                return Err(format!(
+                    "--ramp-secs {} is longer than --duration {duration}: the run would stop \
+                     before it reached its full load",
+                    common.ramp_secs
+                ));
+            }
+        }
         match common.model {
             ModelKind::Closed if common.rate.is_some() => {
                 Err("--rate is for --model open; the closed model takes --concurrency".into())
@@ -257,11 +268,16 @@ fn parse_target(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_owned())
 }
 
+/// Requests per second an open model may be asked for.
+const RATES: std::ops::RangeInclusive<f64> = 0.001..=10_000_000.0;
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000_000.0 => Ok(r),
+        Ok(r) if RATES.contains(&r) => Ok(r),
         _ => Err(format!(
-            "'{s}' is not a rate; expected requests per second, > 0"
+            "'{s}' is not a rate; expected requests per second, from {} to {}",
+            RATES.start(),
+            RATES.end()
         )),
     }
 }
@@ -280,10 +296,22 @@ fn parse_positive_secs(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_ratio(s: &str) -> Result<f64, String> {
+fn parse_timeout_secs(s: &str) -> Result<f64, String> {
+    match parse_positive_secs(s)? {
+        v if v <= 3_600.0 => Ok(v),
+        _ => Err(format!(
+            "'{s}' is more than 3600 seconds, the longest latency the histograms record"
+        )),
+    }
+}
+
+fn parse_read_ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("'{s}' is not a ratio between 0 and 1")),
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        Ok(1.0) => Err(format!(
+            "'{s}' leaves no claims to verify; for reads only, run `top-products`"
+        )),
+        _ => Err(format!("'{s}' is not a ratio from 0 to below 1")),
     }
 }
 
@@ -365,34 +393,51 @@ mod tests {
         assert!(cli.command.validate().is_ok());
     }
 
+    /// The parse error for these arguments (after `loadtest`).
+    fn refusal(args: &str) -> String {
+        let argv = std::iter::once("loadtest").chain(args.split_whitespace());
+        Cli::try_parse_from(argv).unwrap_err().to_string()
+    }
+
     #[test]
     fn bad_values_are_named_in_the_message() {
-        let err = Cli::try_parse_from([
-            "loadtest",
-            "get",
-            "--target",
-            "https://x",
-            "--model",
-            "open",
-            "--rate",
-            "5",
-        ])
-        .unwrap_err()
-        .to_string();
+        let err = refusal("get --target https://x --model open --rate 5");
         assert!(err.contains("https://x"), "{err}");
-        let err = Cli::try_parse_from([
+        let err = refusal("get --model open --rate -3 --duration 1");
+        assert!(err.contains("-3"), "{err}");
+        for (rate, named) in [("1e-20", "from 0.001"), ("20000000", "to 10000000")] {
+            let err = refusal(&format!("get --model open --rate {rate} --duration 1"));
+            assert!(err.contains(rate) && err.contains(named), "{err}");
+        }
+        let err = refusal(
+            "mixed --model closed --concurrency 2 --duration 1 --shoppers 5 --stock 5 \
+             --read-ratio 1",
+        );
+        assert!(err.contains("no claims"), "{err}");
+        let err = refusal("get --model open --rate 5 --duration 1 --timeout-secs 7200");
+        assert!(err.contains("7200") && err.contains("3600"), "{err}");
+    }
+
+    #[test]
+    fn a_ramp_longer_than_the_run_is_refused() {
+        let cli = Cli::try_parse_from([
             "loadtest",
             "get",
             "--model",
             "open",
             "--rate",
-            "-3",
+            "1000",
             "--duration",
-            "1",
+            "10",
+            "--ramp-secs",
+            "60",
         ])
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("-3"), "{err}");
+        .unwrap();
+        let err = cli.command.validate().unwrap_err();
+        assert!(
+            err.contains("--ramp-secs 60") && err.contains("--duration 10"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -217,8 +217,8 @@ impl Recorder {
                 second: i as u64,
                 completed: s.completed,
                 errors: s.errors,
-                p50_ms: ms(s.latency.value_at_quantile(0.5)),
-                p99_ms: ms(s.latency.value_at_quantile(0.99)),
+                p50_ms: (!s.latency.is_empty()).then(|| ms(s.latency.value_at_quantile(0.5))),
+                p99_ms: (!s.latency.is_empty()).then(|| ms(s.latency.value_at_quantile(0.99))),
             })
             .collect();
         Measurements {
@@ -296,8 +296,10 @@ pub struct SecondSummary {
     pub second: u64,
     pub completed: u64,
     pub errors: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
+    /// None (null) in a second where no answer arrived: a stall has no latency yet;
+    /// its requests show in the second their answers come.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 /// The measured figures of a run.
@@ -402,7 +404,7 @@ pub fn render_table(s: &Summary) -> String {
     let ramp = if s.model.ramp_secs > 0.0 {
         format!(", ramp {} s", s.model.ramp_secs)
     } else {
-        ", burst".into()
+        ", no ramp".into()
     };
     let _ = writeln!(
         out,
@@ -556,7 +558,7 @@ mod tests {
         assert_eq!(per_second, vec![(2, 0), (2, 1), (3, 2)]);
         // Second 2 saw 100 ms, 2900 ms and 2950 ms.
         assert!(
-            (m.timeline[2].p50_ms - 2900.0).abs() < 30.0,
+            (m.timeline[2].p50_ms.unwrap() - 2900.0).abs() < 30.0,
             "{:?}",
             m.timeline[2]
         );
