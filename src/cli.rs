@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 
 use crate::config::Settings;
 use crate::domain::{parse_campaign_id, Discount, DiscountKind, NewCampaign};
+use crate::events::persister_gate::PersisterGate;
 use crate::issuance::{CampaignView, IssuanceService};
 use crate::persistence;
 use crate::startup::{self, Application};
@@ -421,7 +422,17 @@ async fn migrate(settings: Settings, action: MigrateAction) -> anyhow::Result<()
 async fn service(settings: &Settings) -> anyhow::Result<IssuanceService> {
     let store = RedisStore::new(&settings.redis)?;
     let db = persistence::connect(&settings.database).await?;
-    Ok(IssuanceService::new(store, db))
+    let service = IssuanceService::new(store, db);
+    // `campaign arm` re-arms lost campaigns only once the coupons on their way
+    // through Kafka are in MySQL; on-call's command waits longer than the service.
+    Ok(if settings.relay.enabled {
+        service.with_persister_gate(PersisterGate::new(
+            &settings.kafka,
+            Duration::from_secs(120),
+        ))
+    } else {
+        service
+    })
 }
 
 fn print_view(v: &CampaignView) {

@@ -314,6 +314,16 @@ impl Reconciler {
         }
     }
 
+    /// Re-arms lost campaigns only once the persister has caught up (see
+    /// [`IssuanceService::with_persister_gate`]).
+    pub fn with_persister_gate(
+        mut self,
+        gate: crate::events::persister_gate::PersisterGate,
+    ) -> Self {
+        self.issuance = self.issuance.with_persister_gate(gate);
+        self
+    }
+
     /// Pauses `pace` times each page's own time after it: the walk works for at
     /// most 1 / (1 + pace) of its time.
     pub fn with_pace(mut self, pace: u32) -> Self {
@@ -663,8 +673,14 @@ pub async fn run_periodic(
                 continue;
             }
         }
-        if let Err(err) = reconciler.rearm_lost_campaigns().await {
-            tracing::warn!(error = %err, "reconcile: re-arm of lost campaigns failed");
+        // Cut short by shutdown: re-arming may wait on the persister.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            rearmed = reconciler.rearm_lost_campaigns() => {
+                if let Err(err) = rearmed {
+                    tracing::warn!(error = %err, "reconcile: re-arm of lost campaigns failed");
+                }
+            }
         }
         let campaigns = match reconciler.recent_campaigns(lookback).await {
             Ok(campaigns) => campaigns,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::refresher::Refresher;
 use crate::catalog::TopProducts;
 use crate::config::Settings;
+use crate::events::persister_gate::PersisterGate;
 use crate::events::{self, EventProducer};
 use crate::http::{self, AppState};
 use crate::issuance::relay::Relay;
@@ -25,6 +26,10 @@ use crate::store::catalog::SnapshotStore;
 use crate::store::pubsub::Notice;
 use crate::store::RedisStore;
 use crate::telemetry::metrics;
+
+/// How long one re-arm of a lost campaign waits for the persister to catch up
+/// before it gives up until the next try (start-up retries, the reconcile pass).
+const REARM_PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct Application {
     port: u16,
@@ -57,8 +62,17 @@ impl Application {
     pub async fn build(settings: Settings, handle_signals: bool) -> anyhow::Result<Self> {
         let store = RedisStore::new(&settings.redis)?;
         let db = persistence::connect(&settings.database).await?;
-        let issuance = IssuanceService::new(store.clone(), db.clone())
+        // With a relay, coupons may be on their way through Kafka when Redis loses a
+        // campaign: re-arming it waits for the persister to store them.
+        let persister_gate = settings
+            .relay
+            .enabled
+            .then(|| PersisterGate::new(&settings.kafka, REARM_PATIENCE));
+        let mut issuance = IssuanceService::new(store.clone(), db.clone())
             .with_claim_limit(settings.server.max_claims_in_flight);
+        if let Some(gate) = &persister_gate {
+            issuance = issuance.with_persister_gate(gate.clone());
+        }
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -104,12 +118,16 @@ impl Application {
         )));
         if settings.reconcile.interval_secs > 0 {
             let reconcile = &settings.reconcile;
+            let mut reconciler = crate::reconcile::Reconciler::new(
+                store.clone(),
+                db.clone(),
+                Duration::from_secs(reconcile.grace_secs),
+            );
+            if let Some(gate) = persister_gate {
+                reconciler = reconciler.with_persister_gate(gate);
+            }
             tasks.push(tokio::spawn(crate::reconcile::run_periodic(
-                crate::reconcile::Reconciler::new(
-                    store.clone(),
-                    db.clone(),
-                    Duration::from_secs(reconcile.grace_secs),
-                ),
+                reconciler,
                 Duration::from_secs(reconcile.interval_secs),
                 Duration::from_secs(reconcile.lookback_hours * 3600),
                 shutdown.clone(),
@@ -347,7 +365,11 @@ async fn wait_for_signal() {
 async fn arm_until_done(issuance: IssuanceService, shutdown: CancellationToken) {
     let mut wait = Duration::from_millis(200);
     loop {
-        match issuance.arm_live_campaigns().await {
+        let armed = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            armed = issuance.arm_live_campaigns() => armed,
+        };
+        match armed {
             Ok(n) => {
                 if n > 0 {
                     tracing::warn!(armed = n, "re-armed campaigns from MySQL at start-up");

@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod inspect;
 pub mod persister;
+pub mod persister_gate;
 pub mod producer;
 pub mod replay;
 pub mod sales;

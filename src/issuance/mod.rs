@@ -18,6 +18,7 @@ use crate::domain::{
     new_coupon_code, Campaign, CampaignId, CampaignStatus, Coupon, IdempotencyKey, Invalid,
     IssueOutcome, NewCampaign, NotOpenReason, UserId,
 };
+use crate::events::persister_gate::PersisterGate;
 use crate::persistence::{Created, Database, DbError};
 use crate::store::{ArmSpec, RedisStore, StoreError, PAGE};
 use crate::telemetry::metrics;
@@ -94,6 +95,9 @@ pub struct IssuanceService {
     /// Slots of the claims waiting on Redis (`server.max_claims_in_flight`); None:
     /// unbounded, for the CLI and jobs, which never claim.
     claim_slots: Option<ClaimSlots>,
+    /// Re-arming a lost campaign waits until the persister stored what Kafka holds
+    /// (None: no relay, so no coupon is on its way).
+    persister_gate: Option<PersisterGate>,
 }
 
 /// The bound on claims waiting on Redis at once: past it a claim is turned away at
@@ -116,7 +120,15 @@ impl IssuanceService {
                 .build(),
             sold_out: Arc::default(),
             claim_slots: None,
+            persister_gate: None,
         }
+    }
+
+    /// Re-arms a lost campaign only once the persister has stored every coupon
+    /// event already published (see [`PersisterGate`]).
+    pub fn with_persister_gate(mut self, gate: PersisterGate) -> Self {
+        self.persister_gate = Some(gate);
+        self
     }
 
     /// Bounds the claims waiting on Redis at once to `limit`, reported by the
@@ -417,10 +429,17 @@ impl IssuanceService {
     }
 
     /// Re-arms one campaign from MySQL if Redis lost it: holders first, then the
-    /// counter at the persisted count. Returns true if it had to arm.
+    /// counter at the persisted count. Returns true if it had to arm. With a gate,
+    /// it first waits for the coupons still on their way through Kafka to land in
+    /// MySQL, or they would be stock again; Unavailable if they do not in time.
     pub async fn arm_from_mysql(&self, campaign: &Campaign) -> ServiceResult<bool> {
         if self.store.is_armed(campaign.id).await? {
             return Ok(false);
+        }
+        if let Some(gate) = &self.persister_gate {
+            gate.wait_until_caught_up().await.map_err(|err| {
+                ServiceError::Unavailable(format!("campaign {} not re-armed: {err:#}", campaign.id))
+            })?;
         }
         // A page at a time: a campaign of millions of holders is re-armed in the
         // memory of one page.

@@ -34,6 +34,52 @@ async fn coupon_code(app: &TestApp, campaign: i64, user: &str) -> String {
     body["coupon_code"].as_str().expect("coupon").to_owned()
 }
 
+/// A campaign of stock 5 where "first" and "second" got a coupon: (id, their codes).
+async fn stock_five_with_two_holders(app: &TestApp) -> (i64, String, String) {
+    let campaign = app.open_campaign(5).await;
+    let first = coupon_code(app, campaign, "first").await;
+    let second = coupon_code(app, campaign, "second").await;
+    (campaign, first, second)
+}
+
+/// A campaign of stock 5 whose "first" and "second" got `codes` was lost by Redis:
+/// until it is re-armed "first" is refused (503, fail closed), never given a fresh
+/// coupon; then both get their own coupon back, and the stock has not grown back
+/// (5 - 2 = 3 more, then sold out).
+async fn rearmed_with_both_holders(
+    app: &TestApp,
+    campaign: i64,
+    codes: [&str; 2],
+    within: Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let response = app.claim(campaign, "first").await;
+        match response.status().as_u16() {
+            503 => {
+                assert_problem(response, 503, "unavailable").await;
+            }
+            409 => {
+                let again = assert_problem(response, 409, "already-issued").await;
+                assert_eq!(again["coupon"]["coupon_code"], codes[0]);
+                break;
+            }
+            other => panic!("holder answered {other} while the campaign was lost"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the campaign was not re-armed within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = assert_problem(app.claim(campaign, "second").await, 409, "already-issued").await;
+    assert_eq!(again["coupon"]["coupon_code"], codes[1]);
+    for user in ["third", "fourth", "fifth"] {
+        assert_eq!(app.claim(campaign, user).await.status(), 201, "{user}");
+    }
+    assert_problem(app.claim(campaign, "sixth").await, 410, "sold-out").await;
+}
+
 fn reconcile(app: &TestApp, args: &[&str]) -> (i32, String) {
     let mut all = vec!["reconcile"];
     all.extend_from_slice(args);
@@ -192,9 +238,7 @@ async fn the_scheduled_pass_rearms_a_live_campaign_redis_lost_entirely() {
         s.reconcile.grace_secs = 0;
     })
     .await;
-    let campaign = app.open_campaign(5).await;
-    let first = coupon_code(&app, campaign, "first").await;
-    let second = coupon_code(&app, campaign, "second").await;
+    let (campaign, first, second) = stock_five_with_two_holders(&app).await;
     assert_eq!(
         app.wait_persisted(campaign, 2, Duration::from_secs(60))
             .await,
@@ -206,38 +250,55 @@ async fn the_scheduled_pass_rearms_a_live_campaign_redis_lost_entirely() {
     let deleted = crate::helpers::flush_prefix(&app.settings).await;
     assert!(deleted >= 3, "only {deleted} key(s) deleted");
 
-    // Nobody runs `campaign arm`. Until the scheduled pass re-arms it the holder is
-    // refused (503, fail closed), never given a fresh coupon; then the holder gets
-    // the same coupon back.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let again = loop {
-        let response = app.claim(campaign, "first").await;
-        match response.status().as_u16() {
-            503 => {
-                assert_problem(response, 503, "unavailable").await;
-            }
-            409 => break assert_problem(response, 409, "already-issued").await,
-            other => panic!("holder answered {other} while the campaign was lost"),
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the scheduled pass never re-armed the campaign"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(again["coupon"]["coupon_code"], first.as_str());
-    let again = assert_problem(app.claim(campaign, "second").await, 409, "already-issued").await;
-    assert_eq!(again["coupon"]["coupon_code"], second.as_str());
-
-    // The stock did not grow back: 5 - 2 = 3 more, then sold out.
-    for user in ["third", "fourth", "fifth"] {
-        assert_eq!(app.claim(campaign, user).await.status(), 201, "{user}");
-    }
-    assert_problem(app.claim(campaign, "sixth").await, 410, "sold-out").await;
+    // Nobody runs `campaign arm`: the scheduled pass re-arms it.
+    rearmed_with_both_holders(&app, campaign, [&first, &second], Duration::from_secs(20)).await;
     let figures = app.admin_get(campaign).await;
     assert_eq!(figures["issued"], 5, "{figures}");
     assert_eq!(figures["remaining"], 0, "{figures}");
     // The relay finds the re-armed campaign again: the new coupons reach MySQL.
+    assert_eq!(
+        app.wait_persisted(campaign, 5, Duration::from_secs(60))
+            .await,
+        5
+    );
+    app.stop().await;
+}
+
+/// Redis loses a campaign whose coupons were relayed to Kafka but not yet persisted.
+/// Re-arming from MySQL then would count them as stock again and give their
+/// shoppers a second coupon; it waits until the persister has stored them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_campaign_is_rearmed_only_after_the_coupons_in_kafka_reach_mysql() {
+    let app = spawn_app_with(|s| {
+        s.persister.enabled = false;
+        s.reconcile.interval_secs = 1;
+        s.reconcile.grace_secs = 0;
+    })
+    .await;
+    let (campaign, first, second) = stock_five_with_two_holders(&app).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.admin_get(campaign).await["pending_events"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(crate::helpers::flush_prefix(&app.settings).await >= 1);
+
+    // Four scheduled passes: none may arm the campaign while both coupons are only
+    // in Kafka (armed now, it would hand "first" a second coupon).
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        assert_problem(app.claim(campaign, "first").await, 503, "unavailable").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut settings = app.settings.clone();
+    settings.persister.enabled = true;
+    let db = app.db.clone();
+    app.stop().await;
+
+    // A persister runs again: once it has stored both, the campaign comes back with
+    // both holders and its counter at 2.
+    let app = crate::helpers::start_app(settings, db).await;
+    rearmed_with_both_holders(&app, campaign, [&first, &second], Duration::from_secs(60)).await;
     assert_eq!(
         app.wait_persisted(campaign, 5, Duration::from_secs(60))
             .await,
