@@ -349,6 +349,30 @@ impl Reconciler {
         Ok(armed)
     }
 
+    /// Armed campaigns that are not among `recent` (they ended before the lookback)
+    /// and have nothing in flight (outbox empty, every coupon in MySQL) are retired:
+    /// the relay's passes and `/me/coupons` then cost what the live and recent
+    /// campaigns cost, not every campaign ever run. Returns how many.
+    pub async fn retire_settled(&self, recent: &[Campaign]) -> Result<usize, ServiceError> {
+        let mut retired = 0;
+        for id in self.store.armed_campaigns().await? {
+            if recent.iter().any(|c| c.id == id) {
+                continue;
+            }
+            let counts = self.counts(id).await?;
+            let settled = matches!(counts.redis, Some((issued, _, 0)) if issued >= 0 && issued as u64 == counts.mysql_rows);
+            if settled {
+                self.store.retire(id).await?;
+                tracing::info!(
+                    campaign_id = id,
+                    "reconcile: ended campaign retired from the relay's set"
+                );
+                retired += 1;
+            }
+        }
+        Ok(retired)
+    }
+
     fn db_error(e: crate::persistence::DbError) -> ServiceError {
         ServiceError::Unavailable(e.to_string())
     }
@@ -690,6 +714,9 @@ pub async fn run_periodic(
             }
         };
         memory.retain(|id, _| campaigns.iter().any(|c| c.id == *id));
+        if let Err(err) = reconciler.retire_settled(&campaigns).await {
+            tracing::warn!(error = %err, "reconcile: retiring ended campaigns failed");
+        }
         for campaign in campaigns {
             if shutdown.is_cancelled() {
                 return;

@@ -565,7 +565,18 @@ impl RedisStore {
         futures::future::try_join_all(calls).await
     }
 
-    /// Ids of every armed campaign.
+    /// Takes a settled campaign out of the set the relay and `/me/coupons` walk; its
+    /// keys stay, so a late claim still hears that it ended.
+    pub async fn retire(&self, id: CampaignId) -> StoreResult<()> {
+        let set = self.campaigns_key();
+        self.run(
+            "srem",
+            |mut c| async move { c.srem::<_, _, ()>(set, id).await },
+        )
+        .await
+    }
+
+    /// Ids of every armed campaign, but those retired.
     pub async fn armed_campaigns(&self) -> StoreResult<Vec<CampaignId>> {
         let key = self.campaigns_key();
         let mut ids: Vec<CampaignId> = self

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{assert_problem, flashcoupon_command, spawn_app_with, TestApp};
+use crate::helpers::{assert_problem, campaign_body, flashcoupon_command, spawn_app_with, TestApp};
 
 /// Redis "loses" a holder and its share of the issued counter, as a failover
 /// without the WAIT mode can.
@@ -304,6 +304,57 @@ async fn a_lost_campaign_is_rearmed_only_after_the_coupons_in_kafka_reach_mysql(
             .await,
         5
     );
+    app.stop().await;
+}
+
+/// A campaign that ended before the lookback, with every coupon in MySQL, leaves the
+/// set of armed campaigns the relay and `/me/coupons` walk; a live one stays. The
+/// retired campaign still answers a late claim with "ended", and its coupon is
+/// still listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ended_settled_campaign_is_retired_and_still_answers_ended() {
+    let app = spawn_app_with(|s| {
+        s.reconcile.interval_secs = 1;
+        s.reconcile.grace_secs = 0;
+        s.reconcile.lookback_hours = 0;
+    })
+    .await;
+    let live = app.open_campaign(5).await;
+    let response = app.create_campaign(campaign_body(5, -60, 3)).await;
+    assert_eq!(response.status(), 201);
+    let short = response.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let code = coupon_code(&app, short, "early").await;
+    assert_eq!(
+        app.wait_persisted(short, 1, Duration::from_secs(60)).await,
+        1
+    );
+
+    let set = format!("{}campaigns", app.settings.redis.key_prefix);
+    let mut conn = app.redis().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let members: Vec<i64> = redis::AsyncCommands::smembers(&mut conn, &set)
+            .await
+            .unwrap();
+        assert!(
+            members.contains(&live),
+            "the live campaign left the set: {members:?}"
+        );
+        if !members.contains(&short) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended campaign was never retired: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_problem(app.claim(short, "late").await, 409, "campaign-not-open").await;
+    let mine = app.get_json("/api/v1/me/coupons", Some("early")).await;
+    assert_eq!(mine["coupons"][0]["coupon_code"], code.as_str(), "{mine}");
+    assert_eq!(app.claim(live, "early").await.status(), 201);
     app.stop().await;
 }
 
