@@ -359,8 +359,12 @@ impl Reconciler {
             if recent.iter().any(|c| c.id == id) {
                 continue;
             }
+            // Settled: Redis knows it, its outbox is empty, MySQL has every coupon.
             let counts = self.counts(id).await?;
-            let settled = matches!(counts.redis, Some((issued, _, 0)) if issued >= 0 && issued as u64 == counts.mysql_rows);
+            let settled = match counts.redis {
+                Some((issued, _, pending)) => pending == 0 && issued == counts.mysql_rows as i64,
+                None => false,
+            };
             if settled {
                 self.store.retire(id).await?;
                 tracing::info!(

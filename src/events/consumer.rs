@@ -84,6 +84,11 @@ pub fn retry_topic_of(topic: &str) -> String {
     format!("{topic}.retry")
 }
 
+/// The consumer group that reads `<topic>.retry` for `group`.
+pub fn retry_group_of(group: &str) -> String {
+    format!("{group}.retry")
+}
+
 impl ConsumerSpec {
     pub fn retry_topic(&self) -> String {
         retry_topic_of(&self.topic)
@@ -166,7 +171,7 @@ async fn consume<H: BatchHandler>(
 ) -> anyhow::Result<()> {
     let (topic, group) = match stage {
         Stage::Main => (spec.topic.clone(), spec.group.clone()),
-        Stage::Retry => (spec.retry_topic(), format!("{}.retry", spec.group)),
+        Stage::Retry => (spec.retry_topic(), retry_group_of(&spec.group)),
     };
     let consumer = Arc::new(build_consumer(kafka, &topic, &group)?);
     let lag_sampler = tokio::spawn(sample_lag(

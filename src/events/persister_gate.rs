@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::consumer::retry_topic_of;
+use super::consumer::{retry_group_of, retry_topic_of};
 use super::inspect::lag;
 use crate::config::KafkaSettings;
 
@@ -44,10 +44,7 @@ impl PersisterGate {
         let group = kafka.persister_group.clone();
         let mut streams = vec![(kafka.issued_topic.clone(), group.clone())];
         if !kafka.retry_delays().is_empty() {
-            streams.push((
-                retry_topic_of(&kafka.issued_topic),
-                format!("{group}.retry"),
-            ));
+            streams.push((retry_topic_of(&kafka.issued_topic), retry_group_of(&group)));
         }
         Self {
             kafka: kafka.clone(),

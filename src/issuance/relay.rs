@@ -3,10 +3,10 @@
 //! the broker confirmed its delivery. Entries another instance left pending (it
 //! died) are taken over with XAUTOCLAIM; entries of its own that failed delivery
 //! (broker down) are read again from its pending list, a batch per pass until none
-//! are left, before the next takeover round would find them. A few batches are on the wire at once (the
-//! next is read while the broker confirms the last), so in-flight work is bounded by
-//! batch size x `BATCHES_IN_FLIGHT`; while the broker is down the outbox simply grows
-//! and drains later.
+//! are left, before the next takeover round would find them. A few batches are on
+//! the wire at once (the next is read while the broker confirms the last), so
+//! in-flight work is bounded by batch size x `BATCHES_IN_FLIGHT`; while the broker
+//! is down the outbox simply grows and drains later.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -95,13 +95,12 @@ impl Relay {
             // of them, and XAUTOCLAIM would otherwise take one batch per claim round.
             own_pending = pass.failed || pass.own_pending_left;
             claim_left = claim_now && !pass.failed && pass.claimed_left;
-            let (moved, failed) = (pass.moved, pass.failed);
-            let pause = if failed {
+            let pause = if pass.failed {
                 failures = failures.saturating_add(1);
                 Duration::from_millis((100u64 << failures.min(6)).min(5_000))
             } else {
                 failures = 0;
-                if moved == 0 {
+                if pass.moved == 0 {
                     idle_passes = idle_passes.saturating_add(1);
                     idle_pause(self.settings.idle_ms, idle_passes)
                 } else {
@@ -183,7 +182,7 @@ impl Relay {
         let claimed_left = full && source == Source::Claimed;
         let outcome = {
             let (store, producer) = (&self.store, &self.producer);
-            let mut more = first.len() == batch;
+            let mut more = full;
             let mut read = 1;
             let mut in_flight = FuturesUnordered::new();
             let queued = deliver_batch(store, producer, id, first).await;

@@ -262,6 +262,16 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Waits until the relay has put every coupon of the campaign on the topic (its
+    /// outbox is empty); fails the test after `within`.
+    pub async fn wait_relayed(&self, campaign: i64, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.admin_get(campaign).await["pending_events"] != 0 {
+            assert!(Instant::now() < deadline, "outbox did not drain");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until MySQL holds `expected` coupons of the campaign; returns the count seen.
     pub async fn wait_persisted(&self, campaign: i64, expected: i64, within: Duration) -> i64 {
         let deadline = Instant::now() + within;

@@ -114,12 +114,7 @@ async fn persister_killed_mid_stream_and_restarted_loses_nothing_and_writes_noth
         .collect()
         .await;
     assert!(issued.iter().all(|s| *s == 201));
-    // Wait until the relay has put every coupon on the topic.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while app.admin_get(campaign).await["pending_events"] != 0 {
-        assert!(Instant::now() < deadline, "outbox did not drain");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_relayed(campaign, Duration::from_secs(60)).await;
 
     let consume = || {
         let mut cmd = flashcoupon_command(&app.settings, &["consume"]);

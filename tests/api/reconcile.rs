@@ -276,11 +276,7 @@ async fn a_lost_campaign_is_rearmed_only_after_the_coupons_in_kafka_reach_mysql(
     })
     .await;
     let (campaign, first, second) = stock_five_with_two_holders(&app).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while app.admin_get(campaign).await["pending_events"] != 0 {
-        assert!(std::time::Instant::now() < deadline, "outbox did not drain");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_relayed(campaign, Duration::from_secs(30)).await;
     assert!(crate::helpers::flush_prefix(&app.settings).await >= 1);
 
     // Four scheduled passes: none may arm the campaign while both coupons are only
