@@ -360,10 +360,7 @@ async fn chaos_redis_restarted_empty() {
         async {
             // Back empty: the campaign answers 503 until on-call re-arms it from MySQL.
             redis.lock().await.restart().await;
-            let armed = flashcoupon_command(&settings, &["campaign", "arm"])
-                .status()
-                .unwrap();
-            assert!(armed.success());
+            crate::helpers::campaign_arm(&settings);
         },
     )
     .await;

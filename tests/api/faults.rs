@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 use futures::{stream, StreamExt};
 use serde_json::Value;
 
-use crate::helpers::{
-    assert_problem, flashcoupon_command, metric_value, spawn_app_with, PrivateBroker, PrivateRedis,
-};
+use crate::helpers::{assert_problem, metric_value, spawn_app_with, PrivateBroker, PrivateRedis};
 
 #[tokio::test]
 async fn redis_stopped_fails_closed_with_503_and_retry_after_then_rearm_keeps_holders() {
@@ -48,10 +46,7 @@ async fn redis_stopped_fails_closed_with_503_and_retry_after_then_rearm_keeps_ho
     // Redis comes back empty: the campaign stays closed (503) until re-armed from MySQL.
     redis.restart().await;
     assert_problem(app.claim(campaign, "late").await, 503, "unavailable").await;
-    let status = flashcoupon_command(&app.settings, &["campaign", "arm"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::helpers::campaign_arm(&app.settings);
     // The holder keeps the same coupon; the stock did not grow back.
     let again = assert_problem(app.claim(campaign, "holder").await, 409, "already-issued").await;
     assert_eq!(again["coupon"]["coupon_code"], coupon["coupon_code"]);

@@ -759,6 +759,21 @@ pub fn flashcoupon_command(settings: &Settings, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `flashcoupon campaign arm` against the service of `settings`; fails the test
+/// with the command's output when it does not succeed.
+pub fn campaign_arm(settings: &Settings) {
+    let output = flashcoupon_command(settings, &["campaign", "arm"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "campaign arm: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Deletes every Redis key of the test's prefix (campaigns, outboxes, snapshots,
 /// leases): Redis as a fresh or restarted-empty instance would be, for this test
 /// alone. Returns how many keys were deleted.

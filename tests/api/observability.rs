@@ -11,9 +11,7 @@ use flashcoupon::domain::{OrderItem, OrderPaidEvent};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use crate::helpers::{
-    flashcoupon_command, spawn_app_with, PrivatePrometheus, PrivateRedis, TestApp,
-};
+use crate::helpers::{spawn_app_with, PrivatePrometheus, PrivateRedis, TestApp};
 
 /// Claims (new shoppers) and top-products reads at a steady pace until `stop`.
 fn steady_traffic(
@@ -161,10 +159,7 @@ async fn stopping_redis_under_traffic_fires_the_error_ratio_alert_within_two_min
     );
 
     redis.restart().await;
-    let status = flashcoupon_command(&app.settings, &["campaign", "arm"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::helpers::campaign_arm(&app.settings);
     let back = Instant::now();
     loop {
         if !prometheus

@@ -382,10 +382,7 @@ async fn a_campaign_larger_than_a_page_is_rearmed_with_every_holder() {
     let deleted = crate::helpers::flush_prefix(&app.settings).await;
     assert!(deleted >= 1, "only {deleted} key(s) deleted");
 
-    let status = flashcoupon_command(&app.settings, &["campaign", "arm"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::helpers::campaign_arm(&app.settings);
 
     let mut conn = app.redis().await;
     let holders_key = format!("{}{{c:{campaign}}}:holders", app.settings.redis.key_prefix);
