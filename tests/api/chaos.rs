@@ -479,8 +479,9 @@ async fn chaos_broker_down_60s() {
             // The local Tansu keeps everything in memory: it comes back without the
             // topics, the messages, the group's offsets or the producers' state. The
             // relay and the persister find the topic again by themselves (the broker
-            // creates it on first use), as in
-            // `faults::broker_down_keeps_claims_answering_and_every_coupon_reaches_mysql_once`.
+            // creates it on first use). An empty broker is harsher than a real one,
+            // which keeps its log; that nothing is lost then is checked by
+            // `faults::broker_unreachable_keeps_claims_answering_and_every_coupon_reaches_mysql_once`.
             broker.lock().await.restart().await;
             *restarted.lock().unwrap() = Some(Instant::now());
         },

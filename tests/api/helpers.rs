@@ -712,6 +712,13 @@ impl PrivateBroker {
     pub async fn restart(&mut self) {
         self.process = Self::launch(self.port).await;
     }
+
+    /// Sends `signal` (`STOP`: the broker stops answering but keeps its log, its
+    /// groups' offsets and its connections, as a real broker that is unreachable for
+    /// a while; `CONT`: it goes on).
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
+    }
 }
 
 /// The `flashcoupon` binary configured by environment like `settings`.
