@@ -20,7 +20,7 @@ use crate::domain::{Campaign, CampaignId, Coupon};
 use crate::issuance::{IssuanceService, ServiceError};
 use crate::persistence::Database;
 use crate::store::{RedisStore, PAGE};
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, trace};
 
 /// What differs for one campaign.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -546,15 +546,18 @@ impl Reconciler {
     }
 
     /// Redis catches up with MySQL (lost holders back, issued counter raised), then
-    /// coupons missing from MySQL go back into the outbox for the relay.
+    /// coupons missing from MySQL go back into the outbox for the relay, their events
+    /// in this repair's trace.
+    #[tracing::instrument(name = "reconcile.repair", skip_all, fields(campaign_id = report.campaign_id))]
     pub async fn repair(&self, report: &Report) -> Result<Repaired, ServiceError> {
         let restored_in_redis = self.catch_up_redis(report).await?;
         let d = &report.differences;
         let mut reenqueued = 0;
         if !d.missing_in_mysql.is_empty() {
+            let traceparent = trace::traceparent_of(&tracing::Span::current());
             reenqueued = self
                 .store
-                .reenqueue(report.campaign_id, &d.missing_in_mysql)
+                .reenqueue(report.campaign_id, &d.missing_in_mysql, &traceparent)
                 .await?;
             tracing::warn!(
                 campaign_id = report.campaign_id,

@@ -424,13 +424,19 @@ impl RedisStore {
     }
 
     /// Puts coupons back into a campaign's outbox, with fresh event ids, so the relay
-    /// delivers them again (reconcile's repair of coupons missing from MySQL).
-    pub async fn reenqueue(&self, id: CampaignId, coupons: &[Coupon]) -> StoreResult<usize> {
+    /// delivers them again (reconcile's repair of coupons missing from MySQL). Their
+    /// events carry `traceparent` (the repair's trace; empty when not traced).
+    pub async fn reenqueue(
+        &self,
+        id: CampaignId,
+        coupons: &[Coupon],
+        traceparent: &str,
+    ) -> StoreResult<usize> {
         for chunk in coupons.chunks(500) {
             let key = self.key(id, "outbox");
             let mut pipe = redis::pipe();
             for c in chunk {
-                pipe.xadd(&key, "*", &[("issued", outbox_value(c))])
+                pipe.xadd(&key, "*", &[("issued", outbox_value(c, traceparent))])
                     .ignore();
             }
             self.run("xadd", |mut c| async move {
@@ -769,9 +775,9 @@ fn outbox_entries(campaign_id: CampaignId, entries: Vec<Value>) -> Vec<OutboxEnt
 
 /// An outbox entry's one field, `issued`, as issue.lua writes it, for a coupon put
 /// back with a fresh event id and no trace.
-fn outbox_value(c: &Coupon) -> String {
+fn outbox_value(c: &Coupon, traceparent: &str) -> String {
     format!(
-        "{}|{}|{}|",
+        "{}|{}|{}|{traceparent}",
         uuid::Uuid::now_v7(),
         c.user_id,
         holder_value(c)
@@ -956,7 +962,8 @@ mod tests {
             sequence: 9,
             issued_at: Utc.timestamp_millis_opt(1_700_000_000_123).unwrap(),
         };
-        let value = outbox_value(&coupon);
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let value = outbox_value(&coupon, traceparent);
         let read = outbox_entry(7, entry("1-0", &[("issued", &value)])).unwrap();
         assert_eq!(
             (
@@ -968,8 +975,10 @@ mod tests {
         );
         assert_eq!(
             (read.issued_at, read.traceparent.as_str()),
-            (coupon.issued_at, "")
+            (coupon.issued_at, traceparent)
         );
+        let untraced = outbox_entry(7, entry("1-1", &[("issued", &outbox_value(&coupon, ""))]));
+        assert_eq!(untraced.unwrap().traceparent, "");
         assert!(
             uuid::Uuid::parse_str(&read.event_id).is_ok(),
             "{}",

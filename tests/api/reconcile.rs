@@ -198,8 +198,16 @@ async fn reconcile_reports_differences_and_repair_fixes_both_sides() {
         "{text}"
     );
 
-    let (code, text) = reconcile(&app, &["--campaign", &id, "--repair"]);
-    assert_eq!(code, 0, "{text}");
+    // Traced (spans are made once an OTLP endpoint is set; nothing listens there),
+    // so the re-enqueued event carries the repair's trace.
+    let output = flashcoupon_command(&app.settings, &["reconcile", "--campaign", &id, "--repair"])
+        .env("FLASHCOUPON__RECONCILE__GRACE_SECS", "0")
+        .env("FLASHCOUPON__TRACING__OTLP_ENDPOINT", "http://127.0.0.1:9")
+        .env("FLASHCOUPON__TRACING__OTLP_PROTOCOL", "http/json")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
     assert!(
         text.contains("1 coupon(s) put back into the outbox, 1 holder(s) restored"),
         "{text}"
@@ -209,6 +217,24 @@ async fn reconcile_reports_differences_and_repair_fixes_both_sides() {
         app.wait_persisted(campaign, 3, Duration::from_secs(60))
             .await,
         3
+    );
+    let kafka = app.settings.kafka.clone();
+    let events = tokio::task::spawn_blocking(move || {
+        // Four events, unless the relay sent one twice: read what comes within 8 s.
+        flashcoupon::events::inspect::read(&kafka, &kafka.issued_topic, 8, Duration::from_secs(8))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let resent = events
+        .iter()
+        .filter(|e| e.key == "lost-in-mysql")
+        .max_by_key(|e| e.offset)
+        .unwrap_or_else(|| panic!("no event of lost-in-mysql in {events:?}"));
+    let traceparent = resent.headers.iter().find(|(k, _)| k == "traceparent");
+    assert!(
+        traceparent.is_some_and(|(_, v)| v.starts_with("00-") && v.len() == 55),
+        "the re-enqueued event has no traceparent: {resent:?}"
     );
     let (code, text) = reconcile(&app, &["--campaign", &id]);
     assert_eq!(code, 0, "{text}");
