@@ -264,10 +264,21 @@ impl TestApp {
 
     /// Waits until the relay has put every coupon of the campaign on the topic (its
     /// outbox is empty); fails the test after `within`.
+    /// On failure it says whether the outbox was stuck or only slow: the pending
+    /// count at the start and at the end, and the campaign's figures.
     pub async fn wait_relayed(&self, campaign: i64, within: Duration) {
         let deadline = Instant::now() + within;
-        while self.admin_get(campaign).await["pending_events"] != 0 {
-            assert!(Instant::now() < deadline, "outbox did not drain");
+        let mut first = None;
+        loop {
+            let figures = self.admin_get(campaign).await;
+            if figures["pending_events"] == 0 {
+                return;
+            }
+            let first = first.get_or_insert_with(|| figures["pending_events"].clone());
+            assert!(
+                Instant::now() < deadline,
+                "outbox did not drain within {within:?}: {first} pending at the start; now {figures}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
