@@ -774,7 +774,7 @@ fn outbox_entries(campaign_id: CampaignId, entries: Vec<Value>) -> Vec<OutboxEnt
 }
 
 /// An outbox entry's one field, `issued`, as issue.lua writes it, for a coupon put
-/// back with a fresh event id and no trace.
+/// back with a fresh event id, in the trace of `traceparent` (empty: none).
 fn outbox_value(c: &Coupon, traceparent: &str) -> String {
     format!(
         "{}|{}|{}|{traceparent}",

@@ -232,13 +232,25 @@ impl TestApp {
         count: usize,
         wait: Duration,
     ) -> Vec<flashcoupon::events::inspect::ReadMessage> {
+        self.read_topic_within(self.settings.kafka.dlt_topic(), count, wait)
+            .await
+    }
+
+    /// Up to `count` messages of `topic` from its start, waiting at most `wait`.
+    pub async fn read_topic_within(
+        &self,
+        topic: String,
+        count: usize,
+        wait: Duration,
+    ) -> Vec<flashcoupon::events::inspect::ReadMessage> {
         let kafka = self.settings.kafka.clone();
+        let name = topic.clone();
         tokio::task::spawn_blocking(move || {
-            flashcoupon::events::inspect::read(&kafka, &kafka.dlt_topic(), count, wait)
+            flashcoupon::events::inspect::read(&kafka, &topic, count, wait)
         })
         .await
         .expect("reader thread")
-        .expect("read dead-letter topic")
+        .unwrap_or_else(|e| panic!("read {name}: {e}"))
     }
 
     pub async fn admin_get(&self, campaign: i64) -> Value {
@@ -263,9 +275,8 @@ impl TestApp {
     }
 
     /// Waits until the relay has put every coupon of the campaign on the topic (its
-    /// outbox is empty); fails the test after `within`.
-    /// On failure it says whether the outbox was stuck or only slow: the pending
-    /// count at the start and at the end, and the campaign's figures.
+    /// outbox is empty); fails the test after `within`, saying whether the outbox was
+    /// stuck or only slow (the pending count at the start, the figures at the end).
     pub async fn wait_relayed(&self, campaign: i64, within: Duration) {
         let deadline = Instant::now() + within;
         let mut first = None;

@@ -81,12 +81,21 @@ async fn rearmed_with_both_holders(
 }
 
 fn reconcile(app: &TestApp, args: &[&str]) -> (i32, String) {
+    run_reconcile(&mut reconcile_command(app, args))
+}
+
+/// `flashcoupon reconcile <args>` without the grace period, to run as it is or traced.
+fn reconcile_command(app: &TestApp, args: &[&str]) -> std::process::Command {
     let mut all = vec!["reconcile"];
     all.extend_from_slice(args);
-    let output = flashcoupon_command(&app.settings, &all)
-        .env("FLASHCOUPON__RECONCILE__GRACE_SECS", "0")
-        .output()
-        .unwrap();
+    let mut command = flashcoupon_command(&app.settings, &all);
+    command.env("FLASHCOUPON__RECONCILE__GRACE_SECS", "0");
+    command
+}
+
+/// The exit code and the output (stdout, then stderr) of a reconcile run.
+fn run_reconcile(command: &mut std::process::Command) -> (i32, String) {
+    let output = command.output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), text)
@@ -200,14 +209,12 @@ async fn reconcile_reports_differences_and_repair_fixes_both_sides() {
 
     // Traced (spans are made once an OTLP endpoint is set; nothing listens there),
     // so the re-enqueued event carries the repair's trace.
-    let output = flashcoupon_command(&app.settings, &["reconcile", "--campaign", &id, "--repair"])
-        .env("FLASHCOUPON__RECONCILE__GRACE_SECS", "0")
-        .env("FLASHCOUPON__TRACING__OTLP_ENDPOINT", "http://127.0.0.1:9")
-        .env("FLASHCOUPON__TRACING__OTLP_PROTOCOL", "http/json")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}");
+    let (code, text) = run_reconcile(
+        reconcile_command(&app, &["--campaign", &id, "--repair"])
+            .env("FLASHCOUPON__TRACING__OTLP_ENDPOINT", "http://127.0.0.1:9")
+            .env("FLASHCOUPON__TRACING__OTLP_PROTOCOL", "http/json"),
+    );
+    assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("1 coupon(s) put back into the outbox, 1 holder(s) restored"),
         "{text}"
@@ -218,14 +225,14 @@ async fn reconcile_reports_differences_and_repair_fixes_both_sides() {
             .await,
         3
     );
-    let kafka = app.settings.kafka.clone();
-    let events = tokio::task::spawn_blocking(move || {
-        // Four events, unless the relay sent one twice: read what comes within 8 s.
-        flashcoupon::events::inspect::read(&kafka, &kafka.issued_topic, 8, Duration::from_secs(8))
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    // Four events, unless the relay sent one twice: read what comes within 8 s.
+    let events = app
+        .read_topic_within(
+            app.settings.kafka.issued_topic.clone(),
+            8,
+            Duration::from_secs(8),
+        )
+        .await;
     let resent = events
         .iter()
         .filter(|e| e.key == "lost-in-mysql")
