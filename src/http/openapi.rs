@@ -101,4 +101,29 @@ mod tests {
             );
         }
     }
+
+    /// A new endpoint that takes a campaign id needs its entry in
+    /// `CAMPAIGN_ID_OPERATIONS`, or schemathesis only ever calls it with made-up ids.
+    #[test]
+    fn every_operation_that_takes_a_campaign_id_is_linked() {
+        let spec = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut taking_an_id: Vec<(String, String)> = Vec::new();
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let parameters = operation["parameters"].as_array();
+                if parameters
+                    .is_some_and(|all| all.iter().any(|p| p["name"] == "id" && p["in"] == "path"))
+                {
+                    taking_an_id.push((path.clone(), method.clone()));
+                }
+            }
+        }
+        taking_an_id.sort();
+        let mut linked: Vec<(String, String)> = CAMPAIGN_ID_OPERATIONS
+            .iter()
+            .map(|(_, path, method)| ((*path).to_owned(), (*method).to_owned()))
+            .collect();
+        linked.sort();
+        assert_eq!(taking_an_id, linked);
+    }
 }
