@@ -157,13 +157,20 @@ impl Database {
         &self,
         fut: impl std::future::Future<Output = Result<T, DbErr>>,
     ) -> DbResult<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(result) => result.map_err(DbError::from),
-            Err(_) => Err(DbError::Unavailable(format!(
-                "no answer within {:?}",
-                self.timeout
-            ))),
-        }
+        self.bounded_keeping_error(fut)
+            .await?
+            .map_err(DbError::from)
+    }
+
+    /// As [`Self::bounded`], but hands back the server's error as it came, for a
+    /// caller that acts on which error it is.
+    async fn bounded_keeping_error<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, DbErr>>,
+    ) -> DbResult<Result<T, DbErr>> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| DbError::Unavailable(format!("no answer within {:?}", self.timeout)))
     }
 
     /// SELECT 1, for readiness.
@@ -292,27 +299,56 @@ impl Database {
         to_campaign(saved).map(Some)
     }
 
-    /// Writes a batch of issued coupons in one transaction. Events already stored
-    /// are a no-op; an event whose shopper or code already holds another coupon is
-    /// reported in `conflicting` instead of failing the batch.
+    /// Writes a batch of issued coupons. Events already stored are a no-op; an event
+    /// whose shopper or code already holds another coupon is reported in
+    /// `conflicting` instead of failing the batch.
+    ///
+    /// A batch none of whose events is stored yet, the usual case, is one plain
+    /// multi-row INSERT. Only when that meets a duplicate key (a redelivery, or a
+    /// conflict) does the batch take the careful path: an upsert that leaves
+    /// existing rows alone, and a read-back of which events landed. That read-back
+    /// was about a fifth of MariaDB's CPU per batch, and the driver cannot say how
+    /// many rows were duplicates instead (sqlx connects with CLIENT_FOUND_ROWS, so a
+    /// no-op duplicate counts as affected).
     pub async fn insert_coupons(&self, events: &[CouponIssuedEvent]) -> DbResult<InsertReport> {
         if events.is_empty() {
             return Ok(InsertReport::default());
         }
         let now = Utc::now();
-        let rows: Vec<issued_coupon::ActiveModel> = events
-            .iter()
-            .map(|e| issued_coupon::ActiveModel {
-                event_id: Set(e.event_id.clone()),
-                campaign_id: Set(e.campaign_id),
-                user_id: Set(e.user_id.clone()),
-                coupon_code: Set(e.coupon_code.clone()),
-                sequence: Set(e.sequence),
-                issued_at: Set(e.occurred_at.naive_utc()),
-                persisted_at: Set(now.naive_utc()),
-                ..Default::default()
-            })
-            .collect();
+        let rows = || -> Vec<issued_coupon::ActiveModel> {
+            events
+                .iter()
+                .map(|e| issued_coupon::ActiveModel {
+                    event_id: Set(e.event_id.clone()),
+                    campaign_id: Set(e.campaign_id),
+                    user_id: Set(e.user_id.clone()),
+                    coupon_code: Set(e.coupon_code.clone()),
+                    sequence: Set(e.sequence),
+                    issued_at: Set(e.occurred_at.naive_utc()),
+                    persisted_at: Set(now.naive_utc()),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        // One statement: InnoDB stores all of its rows or, on any error, none.
+        let all_new = self
+            .bounded_keeping_error(
+                issued_coupon::Entity::insert_many(rows()).exec_without_returning(&self.conn),
+            )
+            .await?;
+        match all_new {
+            Ok(_) => {
+                return Ok(InsertReport {
+                    stored: events.len(),
+                    conflicting: Vec::new(),
+                })
+            }
+            Err(err) if !matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                return Err(err.into())
+            }
+            Err(_duplicate) => {}
+        }
+        let rows = rows();
         let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
         let conn = &self.conn;
         let stored: Vec<String> = self

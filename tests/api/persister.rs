@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use flashcoupon::domain::CouponIssuedEvent;
 use flashcoupon::events::EventProducer;
+use flashcoupon::persistence::{DbError, InsertReport};
 use futures::{stream, StreamExt};
 
 use crate::helpers::{flashcoupon_command, spawn_app, spawn_app_with, PrivateBroker, Process};
@@ -66,6 +67,52 @@ async fn duplicate_delivery_gives_one_row_and_a_malformed_message_goes_to_the_dl
         "{:?}",
         dead[0].headers
     );
+    app.stop().await;
+}
+
+/// Both ways a batch is written: all new (one plain INSERT), and a batch that meets
+/// stored rows (an event already stored, a new one, and one whose shopper already
+/// holds another coupon), which takes the upsert and the read-back. An error that is
+/// no duplicate (here: no such campaign) is the batch's error, as before.
+#[tokio::test]
+async fn a_batch_is_stored_whole_when_new_and_sorted_out_when_it_meets_stored_rows() {
+    let app = spawn_app_with(|s| {
+        s.relay.enabled = false;
+        s.persister.enabled = false;
+    })
+    .await;
+    let campaign = app.open_campaign(10).await;
+    let db = &app.db;
+    // (stored, conflicting event ids) of one batch.
+    let insert = |batch: Vec<CouponIssuedEvent>| async move {
+        let report: InsertReport = db.insert_coupons(&batch).await.unwrap();
+        (report.stored, report.conflicting)
+    };
+    let (a, b) = (event(campaign, "a", 1), event(campaign, "b", 2));
+    assert_eq!(insert(vec![a.clone(), b.clone()]).await, (2, Vec::new()));
+
+    let c = event(campaign, "c", 3);
+    let b_other_coupon = event(campaign, "b", 4);
+    let conflicting = vec![b_other_coupon.event_id.clone()];
+    assert_eq!(
+        insert(vec![a.clone(), c.clone(), b_other_coupon]).await,
+        (2, conflicting)
+    );
+    let rows = app.db.coupons_of_campaign(campaign).await.unwrap();
+    let stored: HashSet<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.user_id.as_str(), r.coupon_code.as_str()))
+        .collect();
+    let expected: HashSet<(&str, &str)> = [&a, &b, &c]
+        .iter()
+        .map(|e| (e.user_id.as_str(), e.coupon_code.as_str()))
+        .collect();
+    assert_eq!(stored, expected);
+
+    let orphan = event(i64::from(i32::MAX), "nobody", 1);
+    let refused = app.db.insert_coupons(&[orphan]).await;
+    assert!(matches!(refused, Err(DbError::Rejected(_))), "{refused:?}");
+    assert_eq!(app.db.coupons_of_campaign(campaign).await.unwrap().len(), 3);
     app.stop().await;
 }
 
