@@ -9,8 +9,7 @@ use entity::{processed_order, product};
 use rust_decimal::Decimal;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Set, SqlErr, Statement,
-    TransactionTrait,
+    ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Set, Statement, TransactionTrait,
 };
 
 use super::{Database, DbError, DbResult};
@@ -72,7 +71,7 @@ impl Database {
                 // counts cannot tell, since the driver reports found rows.)
                 match processed_order::Entity::insert(marker).exec_without_returning(&txn).await {
                     Ok(_) => {}
-                    Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
+                    Err(err) if super::is_duplicate_key(&err) => continue,
                     Err(err) => return Err(err),
                 }
                 let day = event.paid_at.date_naive();

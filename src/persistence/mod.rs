@@ -63,6 +63,11 @@ impl From<DbErr> for DbError {
     }
 }
 
+/// The statement broke a unique key (a primary key among them).
+fn is_duplicate_key(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
 /// Server errors that say "not now" rather than "never": lock wait timeout (1205),
 /// deadlock (1213), too many connections (1040), server shutting down (1053),
 /// connection or query killed (1927, 1317), read-only during a failover (1290,
@@ -157,20 +162,13 @@ impl Database {
         &self,
         fut: impl std::future::Future<Output = Result<T, DbErr>>,
     ) -> DbResult<T> {
-        self.bounded_keeping_error(fut)
-            .await?
-            .map_err(DbError::from)
-    }
-
-    /// As [`Self::bounded`], but hands back the server's error as it came, for a
-    /// caller that acts on which error it is.
-    async fn bounded_keeping_error<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, DbErr>>,
-    ) -> DbResult<Result<T, DbErr>> {
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| DbError::Unavailable(format!("no answer within {:?}", self.timeout)))
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result.map_err(DbError::from),
+            Err(_) => Err(DbError::Unavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     /// SELECT 1, for readiness.
@@ -211,14 +209,7 @@ impl Database {
             .bounded(async {
                 match model.insert(&self.conn).await {
                     Ok(saved) => Ok(Some(saved)),
-                    Err(err)
-                        if key.is_some()
-                            && err.sql_err().is_some_and(|e| {
-                                matches!(e, SqlErr::UniqueConstraintViolation(_))
-                            }) =>
-                    {
-                        Ok(None)
-                    }
+                    Err(err) if key.is_some() && is_duplicate_key(&err) => Ok(None),
                     Err(err) => Err(err),
                 }
             })
@@ -332,21 +323,22 @@ impl Database {
         };
         // One statement: InnoDB stores all of its rows or, on any error, none.
         let all_new = self
-            .bounded_keeping_error(
-                issued_coupon::Entity::insert_many(rows()).exec_without_returning(&self.conn),
-            )
+            .bounded(async {
+                match issued_coupon::Entity::insert_many(rows())
+                    .exec_without_returning(&self.conn)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(err) if is_duplicate_key(&err) => Ok(false),
+                    Err(err) => Err(err),
+                }
+            })
             .await?;
-        match all_new {
-            Ok(_) => {
-                return Ok(InsertReport {
-                    stored: events.len(),
-                    conflicting: Vec::new(),
-                })
-            }
-            Err(err) if !matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                return Err(err.into())
-            }
-            Err(_duplicate) => {}
+        if all_new {
+            return Ok(InsertReport {
+                stored: events.len(),
+                conflicting: Vec::new(),
+            });
         }
         let rows = rows();
         let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
