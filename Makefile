@@ -57,7 +57,7 @@ fuzz: stack
 # processes are paused, killed and restarted under a flash burst.
 chaos: stack nextest
 	set -o pipefail; $(CARGO) nextest run --workspace --locked --run-ignored only --no-capture \
-	  --test-threads 1 -E 'test(/^chaos::/)' 2>&1 | grep -E '^\| |PASS|FAIL|Summary'
+	  --test-threads 1 -E 'test(/^chaos::/)' 2>&1 | grep -E '^\| |^ +(PASS|FAIL|SLOW) \[|panicked|Summary'
 
 # Speed, measured not asserted (about 5 minutes after the release build): see
 # scripts/bench and loadtest/README.md.

@@ -241,6 +241,9 @@ async fn chaos_redis_primary_killed_with_sentinel_failover() {
     let app = spawn_app_with(|s| {
         s.redis.mode = "sentinel".into();
         s.redis.sentinel_urls = sentinel_url.clone();
+        // No scheduled reconcile: issuance must come back from the replica's own
+        // data, not from a re-arm out of MySQL.
+        s.reconcile.interval_secs = 0;
     })
     .await;
     let campaign = app.open_campaign(STOCK).await;

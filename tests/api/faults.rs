@@ -309,6 +309,9 @@ async fn sentinel_failover_moves_issuance_to_the_new_primary_without_a_second_co
         s.redis.mode = "sentinel".into();
         s.redis.sentinel_urls = sentinel_url.clone();
         s.redis.sentinel_master = "mymaster".into();
+        // No scheduled reconcile: issuance must come back from the replica's own
+        // data, not from a re-arm out of MySQL.
+        s.reconcile.interval_secs = 0;
     })
     .await;
     let campaign = app.open_campaign(20).await;

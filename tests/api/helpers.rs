@@ -533,7 +533,35 @@ impl PrivateRedis {
             &primary.port.to_string(),
         ]));
         process.wait_listening(port, Duration::from_secs(10)).await;
-        Self { port, process, dir }
+        let replica = Self { port, process, dir };
+        replica.wait_synced(Duration::from_secs(30)).await;
+        replica
+    }
+
+    /// Waits until this replica has loaded the primary's data and follows its
+    /// stream (`master_link_status:up`). Until then it is empty: a failover to it
+    /// would be a failover to a Redis that lost every campaign, not the one a test
+    /// means.
+    async fn wait_synced(&self, within: Duration) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica on port {} not synced within {within:?}: {info}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn command(port: u16, dir: &std::path::Path) -> Command {
@@ -541,6 +569,9 @@ impl PrivateRedis {
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // A replica's first sync starts at once, not after Redis's default
+            // 5 s wait for more replicas to share one diskless transfer.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(dir);
         command
