@@ -325,7 +325,8 @@ async fn sentinel_failover_moves_issuance_to_the_new_primary_without_a_second_co
             .unwrap();
         codes.push(coupon["coupon_code"].as_str().unwrap().to_owned());
     }
-    // Let the replica catch up and the sentinel learn about it before the crash.
+    // replica_of waited for the replica's first sync; let it take the claims above
+    // from the stream, and the sentinel learn about it, before the crash.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     primary.stop();
