@@ -112,7 +112,7 @@ impl Application {
                 ),
             ));
         }
-        tasks.push(tokio::spawn(arm_until_done(
+        tasks.push(tokio::spawn(crate::issuance::rearm::run(
             issuance.clone(),
             shutdown.clone(),
         )));
@@ -358,31 +358,6 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// Re-arms campaigns Redis lost, retrying until Redis and MySQL both answer.
-async fn arm_until_done(issuance: IssuanceService, shutdown: CancellationToken) {
-    let mut wait = Duration::from_millis(200);
-    loop {
-        let armed = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            armed = issuance.arm_live_campaigns() => armed,
-        };
-        match armed {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::warn!(armed = n, "re-armed campaigns from MySQL at start-up");
-                }
-                return;
-            }
-            Err(err) => tracing::warn!(error = %err, "start-up re-arm failed, retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::{Coupon, Invalid};
+use crate::domain::{CampaignId, Coupon, Invalid};
 use crate::issuance::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,11 @@ pub enum ApiError {
     /// 503 `unavailable` with Retry-After: a dependency cannot answer right now.
     #[error("temporarily unavailable, retry shortly")]
     Unavailable { cause: String, retry_after: u64 },
+    /// 503 `unavailable` with Retry-After: Redis lost the campaign and the instance
+    /// is re-arming it from MySQL. Not logged one by one (a flash event's every
+    /// claim would be): the re-arm logs its own outcome.
+    #[error("campaign {id} is being restored after Redis lost it; retry after {retry_after} s")]
+    Rearming { id: CampaignId, retry_after: u64 },
     /// 503 `unavailable` with Retry-After: this instance has `limit` claims waiting
     /// on Redis already. Not logged one by one: `coupon_issue_total{result="rejected"}`
     /// counts them, and at that moment there are thousands a second.
@@ -99,9 +104,9 @@ impl ApiError {
             ApiError::SoldOut => ("sold-out", "Sold out"),
             ApiError::TooLarge(_) => ("payload-too-large", "Payload too large"),
             ApiError::KeyReused(_) => ("idempotency-key-reused", "Idempotency key reused"),
-            ApiError::Unavailable { .. } | ApiError::Overloaded { .. } => {
-                ("unavailable", "Service unavailable")
-            }
+            ApiError::Unavailable { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::Rearming { .. } => ("unavailable", "Service unavailable"),
         }
     }
 
@@ -118,6 +123,7 @@ impl ApiError {
             ServiceError::Invalid(invalid) => ApiError::Invalid(invalid),
             ServiceError::Unavailable(cause) => ApiError::unavailable(cause, retry_after),
             ServiceError::Overloaded { limit } => ApiError::Overloaded { limit, retry_after },
+            ServiceError::NotArmed(id) => ApiError::Rearming { id, retry_after },
             reused @ ServiceError::KeyReused { .. } => ApiError::KeyReused(reused.to_string()),
         }
     }
@@ -134,9 +140,9 @@ impl ResponseError for ApiError {
             ApiError::SoldOut => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable { .. } | ApiError::Overloaded { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::Rearming { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -165,7 +171,8 @@ impl ResponseError for ApiError {
         }
         if let ApiError::RateLimited { retry_after, .. }
         | ApiError::Overloaded { retry_after, .. }
-        | ApiError::Unavailable { retry_after, .. } = self
+        | ApiError::Unavailable { retry_after, .. }
+        | ApiError::Rearming { retry_after, .. } = self
         {
             response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
         }

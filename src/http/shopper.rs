@@ -49,7 +49,7 @@ pub struct MyCoupons {
         (status = 429, description = "rate limited, retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "already issued (with the coupon) or campaign not open", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 410, description = "sold out", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable (Redis cannot answer, or this instance already has server.max_claims_in_flight claims waiting: then in_flight_limit says how many), retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable (Redis cannot answer; or Redis lost the campaign and the instance is re-arming it from MySQL; or this instance already has server.max_claims_in_flight claims waiting: then in_flight_limit says how many), retry after the Retry-After header", body = super::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn issue(

@@ -1,8 +1,10 @@
 //! The issuing rule and everything marketing does with campaigns: claim a coupon,
 //! the public and admin views with live figures, create, pause and resume, and
 //! re-arming Redis from MySQL. Pure orchestration over `store` (Redis) and
-//! `persistence` (MySQL); the relay to Kafka lives in [`relay`].
+//! `persistence` (MySQL); the relay to Kafka lives in [`relay`], the task that
+//! re-arms lost campaigns in [`rearm`].
 
+pub mod rearm;
 pub mod relay;
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +34,10 @@ pub enum ServiceError {
     /// A dependency failed or the campaign is not ready: try again shortly.
     #[error("{0}")]
     Unavailable(String),
+    /// Redis lost the live campaign; the instance is re-arming it from MySQL (see
+    /// [`rearm`]): try again shortly.
+    #[error("campaign {0} is not armed in Redis (Redis lost it); it is being re-armed from MySQL, retry shortly")]
+    NotArmed(CampaignId),
     /// This instance already has `limit` claims waiting on Redis: try again shortly.
     #[error("this instance already has {limit} claims waiting for Redis; retry shortly")]
     Overloaded { limit: usize },
@@ -98,6 +104,9 @@ pub struct IssuanceService {
     /// Re-arming a lost campaign waits until the persister stored what Kafka holds
     /// (None: no relay, so no coupon is on its way).
     persister_gate: Option<PersisterGate>,
+    /// Where a claim that found its live campaign missing from Redis asks
+    /// [`rearm::run`] for a pass.
+    rearm: rearm::Requests,
 }
 
 /// The bound on claims waiting on Redis at once: past it a claim is turned away at
@@ -121,6 +130,7 @@ impl IssuanceService {
             sold_out: Arc::default(),
             claim_slots: None,
             persister_gate: None,
+            rearm: rearm::Requests::default(),
         }
     }
 
@@ -129,6 +139,11 @@ impl IssuanceService {
     pub fn with_persister_gate(mut self, gate: PersisterGate) -> Self {
         self.persister_gate = Some(gate);
         self
+    }
+
+    /// The requests of this service's claims for a re-arm pass (see [`rearm::run`]).
+    pub fn rearm_requests(&self) -> rearm::Requests {
+        self.rearm.clone()
     }
 
     /// Bounds the claims waiting on Redis at once to `limit`, reported by the
@@ -250,16 +265,16 @@ impl IssuanceService {
     }
 
     /// Redis knows nothing of the campaign: unknown (404), over (409), or lost by
-    /// Redis and not yet re-armed (503, never a fresh stock).
+    /// Redis and not yet re-armed (503, never a fresh stock); a lost one is
+    /// re-armed by [`rearm::run`], which this asks for a pass.
     async fn not_armed(&self, id: CampaignId) -> ServiceResult<IssueOutcome> {
         let campaign = self.campaign(id).await?;
         if Utc::now() >= campaign.ends_at {
             return Ok(IssueOutcome::NotOpen(NotOpenReason::Ended));
         }
+        self.rearm.ask();
         metrics::get().record_issue(id, "error");
-        Err(ServiceError::Unavailable(format!(
-            "campaign {id} is not armed in Redis; it is re-armed from MySQL at start-up or by `flashcoupon campaign arm`"
-        )))
+        Err(ServiceError::NotArmed(id))
     }
 
     /// The campaign row (cached briefly), or NotFound.

@@ -52,12 +52,20 @@ async fn redis_stopped_fails_closed_with_503_and_retry_after_then_rearm_keeps_ho
     assert_eq!(ready["redis"]["status"], "down", "{ready}");
     assert_eq!(ready["mysql"]["status"], "up", "{ready}");
 
-    // Redis comes back empty: the campaign stays closed (503) until re-armed from MySQL.
+    // Redis comes back empty: the campaign stays closed (503), never a fresh stock,
+    // until the instance has re-armed it from MySQL, which the refused claim asked for.
     redis.restart().await;
     assert_problem(app.claim(campaign, "late").await, 503, "unavailable").await;
-    crate::helpers::campaign_arm(&app.settings);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        let response = app.claim(campaign, "holder").await;
+        if response.status() != 503 {
+            break assert_problem(response, 409, "already-issued").await;
+        }
+        assert!(Instant::now() < deadline, "not re-armed within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     // The holder keeps the same coupon; the stock did not grow back.
-    let again = assert_problem(app.claim(campaign, "holder").await, 409, "already-issued").await;
     assert_eq!(again["coupon"]["coupon_code"], coupon["coupon_code"]);
     assert_eq!(app.claim(campaign, "late").await.status(), 201);
     assert_eq!(app.claim(campaign, "later").await.status(), 201);
@@ -309,9 +317,9 @@ async fn sentinel_failover_moves_issuance_to_the_new_primary_without_a_second_co
         s.redis.mode = "sentinel".into();
         s.redis.sentinel_urls = sentinel_url.clone();
         s.redis.sentinel_master = "mymaster".into();
-        // No scheduled reconcile: issuance must come back from the replica's own
-        // data, not from a re-arm out of MySQL.
-        s.reconcile.interval_secs = 0;
+        // No scheduled reconcile; and a claim refused as "not armed" (the re-arm
+        // out of MySQL it asks for) fails the test below: issuance must come back
+        // from the replica's own data.
     })
     .await;
     let campaign = app.open_campaign(20).await;
@@ -333,18 +341,19 @@ async fn sentinel_failover_moves_issuance_to_the_new_primary_without_a_second_co
     let stopped = Instant::now();
     let mut answers = HashSet::new();
     let recovered = loop {
-        let status = app
-            .claim(campaign, "after-failover")
-            .await
-            .status()
-            .as_u16();
+        let response = app.claim(campaign, "after-failover").await;
+        let status = response.status().as_u16();
         answers.insert(status);
         if status == 201 {
             break stopped.elapsed();
         }
+        let problem = assert_problem(response, 503, "unavailable").await;
         assert!(
-            matches!(status, 503),
-            "during the failover a claim answers 503, got {status}"
+            !problem["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Redis lost it"),
+            "the new primary had lost the campaign: {problem}"
         );
         assert!(
             stopped.elapsed() < Duration::from_secs(60),

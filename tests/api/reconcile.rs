@@ -283,8 +283,17 @@ async fn the_scheduled_pass_rearms_a_live_campaign_redis_lost_entirely() {
     let deleted = crate::helpers::flush_prefix(&app.settings).await;
     assert!(deleted >= 3, "only {deleted} key(s) deleted");
 
-    // Nobody runs `campaign arm`: the scheduled pass re-arms it.
-    rearmed_with_both_holders(&app, campaign, [&first, &second], Duration::from_secs(20)).await;
+    // Nobody claims (a refused claim would ask the instance for a re-arm of its
+    // own) and nobody runs `campaign arm`: the scheduled pass re-arms it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !armed(&app, campaign).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduled pass did not re-arm the campaign within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rearmed_with_both_holders(&app, campaign, [&first, &second], Duration::from_secs(5)).await;
     let figures = app.admin_get(campaign).await;
     assert_eq!(figures["issued"], 5, "{figures}");
     assert_eq!(figures["remaining"], 0, "{figures}");
@@ -297,23 +306,71 @@ async fn the_scheduled_pass_rearms_a_live_campaign_redis_lost_entirely() {
     app.stop().await;
 }
 
+/// With the scheduled pass off, a claim that finds its live campaign missing from
+/// Redis is refused (503) and asks the instance for a re-arm: issuance comes back
+/// within seconds, with the holders and the counter MySQL has.
+#[tokio::test]
+async fn a_claim_for_a_campaign_redis_lost_has_it_rearmed_at_once() {
+    let app = spawn_app_with(|s| s.reconcile.interval_secs = 0).await;
+    let (campaign, first, second) = stock_five_with_two_holders(&app).await;
+    assert_eq!(
+        app.wait_persisted(campaign, 2, Duration::from_secs(60))
+            .await,
+        2
+    );
+    assert!(crate::helpers::flush_prefix(&app.settings).await >= 3);
+    assert!(!armed(&app, campaign).await);
+
+    let refused = assert_problem(app.claim(campaign, "first").await, 503, "unavailable").await;
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("being restored after Redis lost it"),
+        "{refused}"
+    );
+    let asked = std::time::Instant::now();
+    // The re-arm first waits for the persister to store what the shared broker holds.
+    rearmed_with_both_holders(&app, campaign, [&first, &second], Duration::from_secs(60)).await;
+    println!(
+        "re-armed on demand: issuing again {:?} after the first refused claim",
+        asked.elapsed()
+    );
+    let figures = app.admin_get(campaign).await;
+    assert_eq!(figures["issued"], 5, "{figures}");
+    assert_eq!(
+        app.wait_persisted(campaign, 5, Duration::from_secs(60))
+            .await,
+        5
+    );
+    app.stop().await;
+}
+
+/// Whether Redis holds the campaign's settings (it is armed).
+async fn armed(app: &TestApp, campaign: i64) -> bool {
+    let mut conn = app.redis().await;
+    let prefix = &app.settings.redis.key_prefix;
+    redis::AsyncCommands::exists(&mut conn, format!("{prefix}{{c:{campaign}}}:meta"))
+        .await
+        .unwrap()
+}
+
 /// Redis loses a campaign whose coupons were relayed to Kafka but not yet persisted.
 /// Re-arming from MySQL then would count them as stock again and give their
-/// shoppers a second coupon; it waits until the persister has stored them.
+/// shoppers a second coupon; the re-arm the refused claims ask for waits until the
+/// persister has stored them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_campaign_is_rearmed_only_after_the_coupons_in_kafka_reach_mysql() {
     let app = spawn_app_with(|s| {
         s.persister.enabled = false;
-        s.reconcile.interval_secs = 1;
-        s.reconcile.grace_secs = 0;
+        s.reconcile.interval_secs = 0;
     })
     .await;
     let (campaign, first, second) = stock_five_with_two_holders(&app).await;
     app.wait_relayed(campaign, Duration::from_secs(30)).await;
     assert!(crate::helpers::flush_prefix(&app.settings).await >= 1);
 
-    // Four scheduled passes: none may arm the campaign while both coupons are only
-    // in Kafka (armed now, it would hand "first" a second coupon).
+    // Twenty refused claims, each asking for a re-arm: none may arm the campaign
+    // while both coupons are only in Kafka (armed now, it would hand "first" a
+    // second coupon).
     let until = std::time::Instant::now() + Duration::from_secs(4);
     while std::time::Instant::now() < until {
         assert_problem(app.claim(campaign, "first").await, 503, "unavailable").await;
