@@ -2,8 +2,10 @@
 //! the public and admin views with live figures, create, pause and resume, and
 //! re-arming Redis from MySQL. Pure orchestration over `store` (Redis) and
 //! `persistence` (MySQL); the relay to Kafka lives in [`relay`], the task that
-//! re-arms lost campaigns in [`rearm`].
+//! re-arms lost campaigns in [`rearm`], the rows kept for a moment in
+//! [`campaign_cache`].
 
+pub mod campaign_cache;
 pub mod rearm;
 pub mod relay;
 
@@ -13,7 +15,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use moka::future::Cache;
 use tokio::sync::Semaphore;
 
 use crate::domain::{
@@ -24,6 +25,7 @@ use crate::events::persister_gate::PersisterGate;
 use crate::persistence::{Created, Database, DbError};
 use crate::store::{ArmSpec, RedisStore, StoreError, PAGE};
 use crate::telemetry::metrics;
+use campaign_cache::CampaignCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -92,8 +94,9 @@ pub struct HeldCoupon {
 pub struct IssuanceService {
     store: RedisStore,
     db: Database,
-    /// Campaign rows, briefly cached: views are polled, the rows rarely change.
-    campaigns: Cache<CampaignId, Arc<Campaign>>,
+    /// Campaign rows (and unknown ids), kept for a second: views are polled, the
+    /// rows rarely change.
+    campaigns: CampaignCache,
     /// Campaigns known to be sold out: answered 410 without asking Redis. Stock never
     /// grows back, so an entry never goes stale. Filled by this instance's sold-out
     /// answers (then broadcast) and by other instances' broadcasts.
@@ -123,10 +126,7 @@ impl IssuanceService {
         Self {
             store,
             db,
-            campaigns: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(1))
-                .build(),
+            campaigns: CampaignCache::new(10_000, Duration::from_secs(1)),
             sold_out: Arc::default(),
             claim_slots: None,
             persister_gate: None,
@@ -277,19 +277,14 @@ impl IssuanceService {
         Err(ServiceError::NotArmed(id))
     }
 
-    /// The campaign row (cached briefly), or NotFound.
+    /// The campaign row, or NotFound; kept for a second, unknown ids too, and
+    /// loaded once for every caller that missed at the same time.
     pub async fn campaign(&self, id: CampaignId) -> ServiceResult<Arc<Campaign>> {
-        if let Some(hit) = self.campaigns.get(&id).await {
-            return Ok(hit);
-        }
-        let found = self
-            .db
-            .campaign(id)
-            .await?
-            .ok_or(ServiceError::NotFound(id))?;
-        let found = Arc::new(found);
-        self.campaigns.insert(id, found.clone()).await;
-        Ok(found)
+        self.campaigns
+            .get_or_load(id, self.db.campaign(id))
+            .await
+            .map_err(|err| ServiceError::Unavailable(err.to_string()))?
+            .ok_or(ServiceError::NotFound(id))
     }
 
     /// The public view: status and remaining stock.
@@ -368,6 +363,8 @@ impl IssuanceService {
         let key = key.map(IdempotencyKey::as_str);
         let (campaign, replayed) = match self.db.create_campaign(&new, key).await? {
             Created::New(campaign) => {
+                // A view asked for this id before it existed: it exists now.
+                self.campaigns.forget(campaign.id).await;
                 self.store.arm(&arm_spec(&campaign), 0).await?;
                 tracing::info!(
                     campaign_id = campaign.id,
@@ -404,7 +401,7 @@ impl IssuanceService {
             .set_paused(id, paused)
             .await?
             .ok_or(ServiceError::NotFound(id))?;
-        self.campaigns.invalidate(&id).await;
+        self.campaigns.forget(id).await;
         if self.store.is_armed(id).await? {
             self.store.set_paused(id, paused).await?;
         } else {
