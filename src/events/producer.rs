@@ -30,6 +30,9 @@ pub struct EventProducer {
     producer: FutureProducer,
     topic: String,
     queue_timeout: Duration,
+    /// How long a queued message may take to be reported: `message.timeout.ms`,
+    /// plus a request timeout for a request in flight when it ran out.
+    report_bound: Duration,
 }
 
 /// How long the relay's producer gathers messages into one produce request. The
@@ -66,7 +69,16 @@ impl EventProducer {
             producer,
             topic,
             queue_timeout: Duration::from_millis(u64::from(settings.message_timeout_ms)),
+            report_bound: Duration::from_millis(
+                u64::from(settings.message_timeout_ms) + settings.request_timeout_ms,
+            ),
         })
+    }
+
+    /// How long to wait for a queued message's delivery report before giving up
+    /// on it (see [`Self::queue_issued`]).
+    pub fn report_bound(&self) -> Duration {
+        self.report_bound
     }
 
     pub fn topic(&self) -> &str {

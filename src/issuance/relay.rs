@@ -388,9 +388,19 @@ async fn deliver_batch<'a>(
         );
         tokio::task::yield_now().await;
     }
+    let bound = producer.report_bound();
     async move {
-        let results = join_all(confirmations).await;
         let mut outcome = Delivered::default();
+        let results = match reports_within(bound, confirmations).await {
+            Ok(results) => results,
+            Err(err) => {
+                // Nothing is acknowledged: the entries stay pending and are sent again
+                // (the persister keeps one row per event if both copies arrive).
+                outcome.retryable = Some(err.to_string());
+                outcome.undelivered = entries.len();
+                return outcome;
+            }
+        };
         let mut acknowledged = Vec::with_capacity(entries.len());
         let now = Utc::now();
         for (entry, result) in entries.iter().zip(results) {
@@ -412,6 +422,25 @@ async fn deliver_batch<'a>(
         }
         outcome
     }
+}
+
+/// The delivery reports of a batch, or a retryable error if they are not all in
+/// within `bound`. librdkafka reports every message within `message.timeout.ms`,
+/// but a wedged producer that never reports would otherwise hold the relay, and
+/// every campaign's outbox behind it, silently and for good; the failed round
+/// makes the relay retry, and rebuild the producer if it goes on.
+async fn reports_within<F>(bound: Duration, reports: Vec<F>) -> Result<Vec<F::Output>, PublishError>
+where
+    F: std::future::Future,
+{
+    tokio::time::timeout(bound, join_all(reports))
+        .await
+        .map_err(|_| {
+            PublishError::Retryable(format!(
+                "no delivery report within {} ms; the entries stay in the outbox",
+                bound.as_millis()
+            ))
+        })
 }
 
 /// Pause after the `idle_passes`-th pass in a row that found nothing: `idle_ms`,
@@ -437,6 +466,8 @@ pub fn to_event(entry: &OutboxEntry) -> CouponIssuedEvent {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
 
     #[test]
@@ -459,6 +490,24 @@ mod tests {
         assert_eq!((turn.delivered, turn.undelivered), (5500, 500));
         assert_eq!(turn.retryable.as_deref(), Some("timed out"));
         assert!(turn.failed() && turn.fatal.is_none() && !turn.ack_failed);
+    }
+
+    #[tokio::test]
+    async fn reports_that_do_not_come_within_the_bound_fail_the_batch_as_retryable() {
+        let bound = Duration::from_millis(50);
+        let reported = vec![
+            futures::future::ready(1).boxed(),
+            futures::future::ready(2).boxed(),
+        ];
+        assert_eq!(reports_within(bound, reported).await.unwrap(), [1, 2]);
+
+        let one_never_comes = vec![
+            futures::future::ready(1).boxed(),
+            futures::future::pending().boxed(),
+        ];
+        let err = reports_within(bound, one_never_comes).await.unwrap_err();
+        assert!(matches!(err, PublishError::Retryable(_)), "{err}");
+        assert!(err.to_string().contains("within 50 ms"), "{err}");
     }
 
     #[test]
