@@ -241,8 +241,9 @@ async fn chaos_redis_primary_killed_with_sentinel_failover() {
     let app = spawn_app_with(|s| {
         s.redis.mode = "sentinel".into();
         s.redis.sentinel_urls = sentinel_url.clone();
-        // No scheduled reconcile: issuance must come back from the replica's own
-        // data, not from a re-arm out of MySQL.
+        // No scheduled reconcile: the row measures the replica's own data. Were the
+        // replica empty, the refused claims would still have the campaign re-armed
+        // from MySQL; the faults test of the same failover fails on that.
         s.reconcile.interval_secs = 0;
     })
     .await;

@@ -320,6 +320,7 @@ async fn sentinel_failover_moves_issuance_to_the_new_primary_without_a_second_co
         // No scheduled reconcile; and a claim refused as "not armed" (the re-arm
         // out of MySQL it asks for) fails the test below: issuance must come back
         // from the replica's own data.
+        s.reconcile.interval_secs = 0;
     })
     .await;
     let campaign = app.open_campaign(20).await;
