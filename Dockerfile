@@ -6,9 +6,9 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /build
 # rdkafka-sys compiles librdkafka from source (make and gcc come with the image);
-# zlib headers for its compression support.
+# zlib headers for its compression support, OpenSSL's for TLS and SASL/SCRAM.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends zlib1g-dev \
+    && apt-get install -y --no-install-recommends zlib1g-dev libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 COPY . .
 # No BuildKit-only syntax, so the classic builder of docker-compose v1 works too.
@@ -17,7 +17,7 @@ RUN cargo build --release --locked --bin flashcoupon \
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl zlib1g \
+    && apt-get install -y --no-install-recommends ca-certificates curl zlib1g libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home flashcoupon
 COPY --from=builder /usr/local/bin/flashcoupon /usr/local/bin/flashcoupon

@@ -137,6 +137,18 @@ pub struct KafkaSettings {
     /// Replicas of each topic created at start-up: 1 suits the local single broker;
     /// a real cluster wants 3, or the relay acknowledges events that one broker holds.
     pub replication_factor: i32,
+    /// `min.insync.replicas` of each topic created at start-up: with `acks=all`, how
+    /// many replicas hold an event before the relay counts it delivered (2 of 3 in a
+    /// real cluster, so one broker may die without losing an acknowledged event).
+    pub min_insync_replicas: i32,
+    /// librdkafka's `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`.
+    pub security_protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; empty: no SASL.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    pub sasl_password: SecretString,
+    /// PEM file of the CA that signed the brokers' certificates; empty: the system's.
+    pub ssl_ca_location: String,
     /// Create missing topics at start-up (local stack, tests); off where a platform team owns topics.
     pub create_topics: bool,
     pub session_timeout_ms: u32,
@@ -287,6 +299,12 @@ dlt_topic = ""
 persister_group = "flashcoupon-persister"
 partitions = 3
 replication_factor = 1
+min_insync_replicas = 1
+security_protocol = "plaintext"
+sasl_mechanism = ""
+sasl_username = ""
+sasl_password = ""
+ssl_ca_location = ""
 create_topics = true
 session_timeout_ms = 6000
 message_timeout_ms = 10000
@@ -442,5 +460,8 @@ mod tests {
         let mut auth = s.auth.clone();
         auth.jwt_secret = SecretString::from("jwt-very-secret".to_owned());
         assert!(!format!("{auth:?}").contains("jwt-very-secret"));
+        let mut kafka = s.kafka.clone();
+        kafka.sasl_password = SecretString::from("kafka-very-secret".to_owned());
+        assert!(!format!("{kafka:?}").contains("kafka-very-secret"));
     }
 }

@@ -92,6 +92,9 @@ impl Application {
                 format!("{orders}.dlt"),
             ]);
         }
+        if !topics.is_empty() {
+            events::check_access(&settings.kafka).await?;
+        }
         create_topics(&settings, &topics).await;
         if settings.relay.enabled {
             let relay = Relay::new(
@@ -325,6 +328,7 @@ async fn create_topics(settings: &Settings, topics: &[String]) {
 pub async fn run_consumer(settings: Settings) -> anyhow::Result<()> {
     let db = persistence::connect(&settings.database).await?;
     let shutdown = CancellationToken::new();
+    events::check_access(&settings.kafka).await?;
     create_topics(
         &settings,
         &[
