@@ -82,7 +82,7 @@ pub enum Command {
         #[command(subcommand)]
         action: DltAction,
     },
-    /// Kafka diagnostics (works against Tansu locally and Apache Kafka in production).
+    /// Kafka diagnostics with the service's own settings and credentials (topics, lag, tail).
     Kafka {
         #[command(subcommand)]
         action: KafkaAction,

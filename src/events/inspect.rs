@@ -1,5 +1,6 @@
-//! Kafka diagnostics for on-call, behind `flashcoupon kafka topics|lag|tail`
-//! (Debian's kcat cannot talk to the local Tansu broker; this uses rdkafka).
+//! Kafka diagnostics for on-call, behind `flashcoupon kafka topics|lag|tail`: what
+//! kcat or the Kafka CLI would show, read with the service's own settings and
+//! credentials, and in the persister group's terms (lag per partition).
 
 use std::time::Duration;
 

@@ -119,8 +119,7 @@ async fn sigterm_stops_serving_and_the_relay_flushes_before_exit() {
     for i in 0..10 {
         assert_eq!(claim(i).await, 201);
     }
-    // The pipeline runs end to end (and the persister's first group join is done:
-    // Tansu wedges a group whose member leaves before that).
+    // The pipeline runs end to end, the persister's group joined.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while db.persisted_count(id).await.unwrap() < 10 {
         assert!(

@@ -1,7 +1,7 @@
 //! Test harness: every test gets its own application on a free port, its own MySQL
 //! database (`test_<uuid>`, migrated), its own Redis key prefix, its own Kafka topics
 //! and consumer group. Tests that stop a dependency start a private one
-//! (`PrivateRedis`, `PrivateBroker`) and never touch the shared stack.
+//! (`PrivateRedis`, `PrivateKafka`) and never touch the shared stack.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -195,6 +195,28 @@ impl TestApp {
     }
 
     /// GET `path` (as shopper `user` if given) and parse the JSON answer.
+    /// Claims for shoppers `<prefix>0` .. `<prefix>{count-1}`, `concurrency` at a
+    /// time; the statuses, in no particular order.
+    pub async fn claim_all(
+        &self,
+        campaign: i64,
+        prefix: &str,
+        count: i64,
+        concurrency: usize,
+    ) -> Vec<u16> {
+        use futures::{stream, StreamExt};
+        stream::iter(0..count)
+            .map(|i| async move {
+                self.claim(campaign, &format!("{prefix}{i}"))
+                    .await
+                    .status()
+                    .as_u16()
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+
     pub async fn get_json(&self, path: &str, user: Option<&str>) -> Value {
         let mut request = self.client.get(self.url(path));
         if let Some(user) = user {
@@ -304,6 +326,33 @@ impl TestApp {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Waits (up to `within`) for MySQL to hold `total` coupons of the campaign, then,
+    /// a second later so that a late second write would show, checks that it holds
+    /// exactly `total` rows for `total` distinct shoppers. Returns the rows.
+    pub async fn assert_each_coupon_once(
+        &self,
+        campaign: i64,
+        total: i64,
+        within: Duration,
+    ) -> Vec<flashcoupon::domain::Coupon> {
+        let persisted = self.wait_persisted(campaign, total, within).await;
+        // On failure, say which half stalled: events still pending is the relay
+        // (Redis to Kafka); none pending is the persister (Kafka to MySQL).
+        assert_eq!(
+            persisted,
+            total,
+            "coupons in MySQL after {within:?}: {}",
+            self.admin_get(campaign).await
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rows = self.db.coupons_of_campaign(campaign).await.unwrap();
+        assert_eq!(rows.len() as i64, total, "rows written twice or lost");
+        let users: std::collections::HashSet<&str> =
+            rows.iter().map(|r| r.user_id.as_str()).collect();
+        assert_eq!(users.len() as i64, total, "a shopper has two rows");
+        rows
     }
 }
 
@@ -721,56 +770,237 @@ impl Drop for PrivateCluster {
     }
 }
 
-/// Path of the Tansu broker binary installed by `scripts/stack up`.
-pub fn tansu_binary() -> String {
-    let marker = concat!(env!("CARGO_MANIFEST_DIR"), "/.stack/tansu-bin");
-    std::fs::read_to_string(marker)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| panic!("{marker} missing: run scripts/stack up first"))
+/// One node of a private Kafka: its ports, its data directory and, while it runs,
+/// its JVM (started by `scripts/kafka-node`, which `scripts/stack` uses too).
+struct KafkaNode {
+    id: u32,
+    port: u16,
+    controller_port: u16,
+    process: Option<Process>,
 }
 
-/// A Tansu broker of this test alone (in memory: nothing survives a restart).
-pub struct PrivateBroker {
-    pub port: u16,
-    process: Process,
+/// Apache Kafka of this test alone, on free ports, in a directory of its own: one
+/// node (`start`), a three-node cluster (`start_cluster`), or one node whose clients
+/// must log in with SASL/SCRAM (`start_with_scram`). Each node is a combined KRaft
+/// broker and controller; its log lives on disk, so a node killed and restarted comes
+/// back with its topics, messages and committed offsets, as a real broker does.
+/// Dropping it kills every node and removes the directory.
+pub struct PrivateKafka {
+    nodes: Vec<KafkaNode>,
+    voters: String,
+    cluster_id: String,
+    scram: Option<(String, String)>,
+    dir: std::path::PathBuf,
 }
 
-impl PrivateBroker {
+impl PrivateKafka {
+    /// One node: replication factor 1, as the local stack.
     pub async fn start() -> Self {
-        let port = free_port();
-        let process = Self::launch(port).await;
-        Self { port, process }
+        Self::launch(1, None).await
     }
 
-    async fn launch(port: u16) -> Process {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut process = Process::spawn(
-            Command::new(tansu_binary())
-                .arg("broker")
-                .args(["--listener-url", &url, "--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"]),
+    /// Three nodes; topics created by the service get replication factor 3 and
+    /// `min.insync.replicas` 2 (see [`Self::configure`]).
+    pub async fn start_cluster() -> Self {
+        Self::launch(3, None).await
+    }
+
+    /// One node whose client listener requires SASL/SCRAM-SHA-256 as `user`.
+    pub async fn start_with_scram(user: &str, password: &str) -> Self {
+        Self::launch(1, Some((user.to_owned(), password.to_owned()))).await
+    }
+
+    async fn launch(count: u32, scram: Option<(String, String)>) -> Self {
+        let dir = private_dir("kafka");
+        let nodes: Vec<KafkaNode> = (1..=count)
+            .map(|id| KafkaNode {
+                id,
+                port: free_port(),
+                controller_port: free_port(),
+                process: None,
+            })
+            .collect();
+        let voters = nodes
+            .iter()
+            .map(|n| format!("{}@127.0.0.1:{}", n.id, n.controller_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        // Kafka reads 22 base64url characters as its 16-byte id; hex digits are such.
+        let cluster_id = Uuid::new_v4().simple().to_string()[..22].to_owned();
+        let mut kafka = Self {
+            nodes,
+            voters,
+            cluster_id,
+            scram,
+            dir,
+        };
+        for id in 1..=count {
+            kafka.spawn_node(id);
+        }
+        kafka.wait_ready(count as usize).await;
+        kafka
+    }
+
+    fn spawn_node(&mut self, id: u32) {
+        let node = &self.nodes[(id - 1) as usize];
+        let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-node"));
+        cmd.arg("--dir")
+            .arg(self.dir.join(format!("node{id}")))
+            .args(["--node-id", &id.to_string()])
+            .args(["--port", &node.port.to_string()])
+            .args(["--controller-port", &node.controller_port.to_string()])
+            .args(["--voters", &self.voters])
+            .args(["--cluster-id", &self.cluster_id])
+            .args(["--heap", "256m"]);
+        if let Some((user, password)) = &self.scram {
+            cmd.args(["--scram-user", &format!("{user}:{password}")]);
+        }
+        let log = std::fs::File::create(self.dir.join(format!("node{id}.log"))).unwrap();
+        cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        self.nodes[(id - 1) as usize].process = Some(Process(Some(child)));
+    }
+
+    /// Waits until every running node listens and the cluster answers metadata
+    /// naming `expected` brokers: a JVM takes seconds, more on a busy machine.
+    async fn wait_ready(&mut self, expected: usize) {
+        let within = Duration::from_secs(90);
+        for node in self.nodes.iter_mut() {
+            if let Some(process) = node.process.as_mut() {
+                process.wait_listening(node.port, within).await;
+            }
+        }
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", self.address());
+        if let Some((user, password)) = &self.scram {
+            config
+                .set("security.protocol", "sasl_plaintext")
+                .set("sasl.mechanisms", "SCRAM-SHA-256")
+                .set("sasl.username", user)
+                .set("sasl.password", password);
+        }
+        let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
+        let deadline = Instant::now() + within;
+        let answered = tokio::task::spawn_blocking(move || loop {
+            use rdkafka::consumer::Consumer;
+            let brokers = consumer
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|m| m.brokers().len())
+                .unwrap_or(0);
+            if brokers >= expected {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        })
+        .await
+        .unwrap();
+        assert!(
+            answered,
+            "private Kafka in {} did not answer with {expected} broker(s) within {within:?}",
+            self.dir.display()
         );
-        process.wait_listening(port, Duration::from_secs(15)).await;
-        process
     }
 
+    /// Bootstrap list of every node.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
+    /// Points `settings` at this Kafka: brokers, credentials, and for a cluster the
+    /// replication of the topics the service creates (3 replicas, 2 in sync).
+    pub fn configure(&self, settings: &mut Settings) {
+        let kafka = &mut settings.kafka;
+        kafka.brokers = self.address();
+        if self.nodes.len() >= 3 {
+            kafka.replication_factor = 3;
+            kafka.min_insync_replicas = 2;
+        }
+        if let Some((user, password)) = &self.scram {
+            kafka.security_protocol = "sasl_plaintext".into();
+            kafka.sasl_mechanism = "SCRAM-SHA-256".into();
+            kafka.sasl_username = user.clone();
+            kafka.sasl_password = SecretString::from(password.clone());
+        }
+    }
+
+    /// `kill -9` of node `id` (1-based): no flush, no goodbye to the controller.
+    pub fn kill(&mut self, id: u32) {
+        if let Some(mut process) = self.nodes[(id - 1) as usize].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts node `id` again on its ports and data, and waits until the cluster
+    /// answers with every running node.
+    pub async fn restart(&mut self, id: u32) {
+        self.spawn_node(id);
+        let running = self.nodes.iter().filter(|n| n.process.is_some()).count();
+        self.wait_ready(running).await;
+    }
+
+    /// `kill -9` of every node.
     pub fn stop(&mut self) {
-        self.process.kill();
+        for id in 1..=self.nodes.len() as u32 {
+            self.kill(id);
+        }
     }
 
-    pub async fn restart(&mut self) {
-        self.process = Self::launch(self.port).await;
-    }
-
-    /// Sends `signal` (`STOP`: the broker stops answering but keeps its log, its
-    /// groups' offsets and its connections, as a real broker that is unreachable for
-    /// a while; `CONT`: it goes on).
+    /// Sends `signal` to every node (`STOP`: the broker stops answering but keeps its
+    /// log, its groups' offsets and its connections, as a real broker that is
+    /// unreachable for a while; `CONT`: it goes on).
     pub fn signal(&self, signal: &str) {
-        self.process.signal(signal);
+        for node in &self.nodes {
+            if let Some(process) = &node.process {
+                process.signal(signal);
+            }
+        }
+    }
+
+    /// The node that leads `partition` of `topic` now (waiting, up to 30 s, for a
+    /// topic just created or a partition between leaders to have one).
+    pub async fn leader_of(&self, topic: &str, partition: i32) -> u32 {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", self.address());
+        let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::Consumer;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let leader = consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|m| {
+                        let t = m.topics().first()?;
+                        let p = t.partitions().iter().find(|p| p.id() == partition)?;
+                        u32::try_from(p.leader()).ok()
+                    });
+                if let Some(leader) = leader {
+                    return leader;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{topic}/{partition} has no leader after 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -794,6 +1024,34 @@ pub fn flashcoupon_command(settings: &Settings, args: &[&str]) -> Command {
         )
         .env("FLASHCOUPON__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
         .env("FLASHCOUPON__KAFKA__BROKERS", &settings.kafka.brokers)
+        .env(
+            "FLASHCOUPON__KAFKA__PARTITIONS",
+            settings.kafka.partitions.to_string(),
+        )
+        .env(
+            "FLASHCOUPON__KAFKA__REPLICATION_FACTOR",
+            settings.kafka.replication_factor.to_string(),
+        )
+        .env(
+            "FLASHCOUPON__KAFKA__MIN_INSYNC_REPLICAS",
+            settings.kafka.min_insync_replicas.to_string(),
+        )
+        .env(
+            "FLASHCOUPON__KAFKA__SECURITY_PROTOCOL",
+            &settings.kafka.security_protocol,
+        )
+        .env(
+            "FLASHCOUPON__KAFKA__SASL_MECHANISM",
+            &settings.kafka.sasl_mechanism,
+        )
+        .env(
+            "FLASHCOUPON__KAFKA__SASL_USERNAME",
+            &settings.kafka.sasl_username,
+        )
+        .env(
+            "FLASHCOUPON__KAFKA__SASL_PASSWORD",
+            settings.kafka.sasl_password.expose_secret(),
+        )
         .env(
             "FLASHCOUPON__KAFKA__ISSUED_TOPIC",
             &settings.kafka.issued_topic,

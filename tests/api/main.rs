@@ -1,5 +1,4 @@
-//! Black-box tests of flashcoupon against real Redis, MariaDB and a Kafka-protocol
-//! broker. One binary; each module covers one capability.
+//! Black-box tests of flashcoupon against real Redis, MariaDB and Apache Kafka. One binary; each module covers one capability.
 
 mod admin;
 mod chaos;
@@ -9,6 +8,7 @@ mod health;
 mod helpers;
 mod input;
 mod issue;
+mod kafka;
 mod loadtest;
 mod metrics;
 mod observability;

@@ -7,9 +7,8 @@ use chrono::Utc;
 use flashcoupon::domain::CouponIssuedEvent;
 use flashcoupon::events::EventProducer;
 use flashcoupon::persistence::{DbError, InsertReport};
-use futures::{stream, StreamExt};
 
-use crate::helpers::{flashcoupon_command, spawn_app, spawn_app_with, PrivateBroker, Process};
+use crate::helpers::{flashcoupon_command, spawn_app, spawn_app_with, PrivateKafka, Process};
 
 fn event(campaign: i64, user: &str, sequence: i64) -> CouponIssuedEvent {
     CouponIssuedEvent {
@@ -147,27 +146,14 @@ async fn an_event_that_conflicts_with_another_coupon_of_the_shopper_goes_to_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn persister_killed_mid_stream_and_restarted_loses_nothing_and_writes_nothing_twice() {
     let total = 4000;
-    let broker = PrivateBroker::start().await;
-    let brokers = broker.address();
+    let broker = PrivateKafka::start().await;
     let app = spawn_app_with(|s| {
         s.persister.enabled = false;
-        s.kafka.brokers = brokers;
+        broker.configure(s);
     })
     .await;
     let campaign = app.open_campaign(total).await;
-    let issued: Vec<u16> = stream::iter(0..total)
-        .map(|i| {
-            let app = &app;
-            async move {
-                app.claim(campaign, &format!("s{i}"))
-                    .await
-                    .status()
-                    .as_u16()
-            }
-        })
-        .buffer_unordered(200)
-        .collect()
-        .await;
+    let issued = app.claim_all(campaign, "s", total, 200).await;
     assert!(issued.iter().all(|s| *s == 201));
     app.wait_relayed(campaign, Duration::from_secs(60)).await;
 
@@ -193,16 +179,9 @@ async fn persister_killed_mid_stream_and_restarted_loses_nothing_and_writes_noth
     );
 
     let _restarted = consume();
-    assert_eq!(
-        app.wait_persisted(campaign, total, Duration::from_secs(120))
-            .await,
-        total
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rows = app.db.coupons_of_campaign(campaign).await.unwrap();
-    assert_eq!(rows.len() as i64, total);
-    let users: HashSet<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
-    assert_eq!(users.len() as i64, total);
+    let rows = app
+        .assert_each_coupon_once(campaign, total, Duration::from_secs(120))
+        .await;
     let sequences: HashSet<i64> = rows.iter().map(|r| r.sequence).collect();
     assert_eq!(sequences, (1..=total).collect());
     app.stop().await;
