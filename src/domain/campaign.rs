@@ -1,133 +1,12 @@
-//! Validated domain types: shopper and campaign identifiers, coupon codes, new
-//! campaigns, the coupon-issued event. No I/O lives here; everything is plain data
-//! and the rules that make it valid.
+//! Campaign rules: what marketing may ask for ([`NewCampaign`], its [`Discount`]),
+//! a campaign as stored, and where it stands ([`CampaignStatus`]).
 
 use chrono::{DateTime, Datelike, Utc};
-use rand::RngCore;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// A rule broken by input from outside: names the field and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct Invalid {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl Invalid {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-}
-
-/// The shopper, as named by the trusted gateway (`X-User-Id`) or a JWT `sub`:
-/// 1 to 64 characters of `A-Z a-z 0-9 _ - . : @`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct UserId(String);
-
-impl UserId {
-    pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        if raw.is_empty() || raw.len() > 64 {
-            return Err(Invalid::new("X-User-Id", "must be 1 to 64 characters long"));
-        }
-        if let Some(bad) = raw
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@')))
-        {
-            return Err(Invalid::new(
-                "X-User-Id",
-                format!("character {bad:?} is not allowed (use A-Z a-z 0-9 _ - . : @)"),
-            ));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for UserId {
-    type Error = Invalid;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<UserId> for String {
-    fn from(value: UserId) -> Self {
-        value.0
-    }
-}
-
-impl std::fmt::Display for UserId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The `Idempotency-Key` of a campaign create: 1 to 64 visible ASCII characters
-/// (a UUID, say), chosen by the client once per campaign it means to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        if raw.is_empty() || raw.len() > 64 {
-            return Err(Invalid::new(
-                "Idempotency-Key",
-                format!("must be 1 to 64 characters long, got {}", raw.len()),
-            ));
-        }
-        if let Some(bad) = raw.chars().find(|c| !c.is_ascii_graphic()) {
-            return Err(Invalid::new(
-                "Idempotency-Key",
-                format!("character {bad:?} is not allowed (visible ASCII only)"),
-            ));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Campaign ids are positive integers assigned by MySQL.
-pub type CampaignId = i64;
-
-/// Parses a campaign id from a path segment.
-pub fn parse_campaign_id(raw: &str) -> Result<CampaignId, Invalid> {
-    match raw.parse::<CampaignId>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(Invalid::new(
-            "id",
-            format!("campaign id must be a positive integer, got {raw:?}"),
-        )),
-    }
-}
-
-/// Alphabet of coupon codes: Crockford base32 (no I, L, O, U: nothing to misread).
-const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
-/// A fresh coupon code: 16 symbols of 5 random bits each (80 bits) from rand's
-/// thread-local CSPRNG (ChaCha, seeded and reseeded from the operating system), so
-/// codes can be neither guessed nor enumerated, without a system call per code.
-/// MySQL's unique index on `coupon_code` is the backstop for the 2^-80 collision.
-pub fn new_coupon_code() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes
-        .iter()
-        .map(|b| CODE_ALPHABET[(b & 0x1f) as usize] as char)
-        .collect()
-}
+use super::{CampaignId, Invalid};
 
 /// What a coupon is worth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -244,10 +123,10 @@ pub const MAX_STOCK: i64 = 1_000_000_000;
 
 /// The years a campaign's window or a sale may lie in: what a real one can have,
 /// and what MySQL's DATETIME columns hold.
-const STORED_YEARS: std::ops::RangeInclusive<i32> = 2000..=9999;
+pub(super) const STORED_YEARS: std::ops::RangeInclusive<i32> = 2000..=9999;
 
 /// "must lie between the years 2000 and 9999".
-fn stored_years_rule() -> String {
+pub(super) fn stored_years_rule() -> String {
     format!(
         "must lie between the years {} and {}",
         STORED_YEARS.start(),
@@ -383,189 +262,6 @@ impl Campaign {
     }
 }
 
-/// A coupon handed to a shopper.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Coupon {
-    pub coupon_code: String,
-    pub campaign_id: CampaignId,
-    pub user_id: String,
-    /// 1 for the first coupon of the campaign, up to its stock.
-    pub sequence: i64,
-    pub issued_at: DateTime<Utc>,
-}
-
-/// Why a campaign does not issue right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotOpenReason {
-    Scheduled,
-    Ended,
-    Paused,
-}
-
-impl NotOpenReason {
-    pub fn describe(self) -> &'static str {
-        match self {
-            NotOpenReason::Scheduled => "the campaign has not started yet",
-            NotOpenReason::Ended => "the campaign has ended",
-            NotOpenReason::Paused => "the campaign is paused",
-        }
-    }
-}
-
-/// The answer of one issuance attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IssueOutcome {
-    Issued(Coupon),
-    AlreadyIssued(Coupon),
-    SoldOut,
-    NotOpen(NotOpenReason),
-    /// Redis holds nothing for this campaign: unknown, or lost and not yet re-armed.
-    NotArmed,
-}
-
-/// Topic payload of `coupon.issued.v1` (contract, see DESIGN.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CouponIssuedEvent {
-    pub event_id: String,
-    pub event_type: String,
-    pub schema_version: u32,
-    pub occurred_at: DateTime<Utc>,
-    pub campaign_id: CampaignId,
-    pub user_id: String,
-    pub coupon_code: String,
-    pub sequence: i64,
-}
-
-impl CouponIssuedEvent {
-    pub const EVENT_TYPE: &'static str = "coupon.issued";
-    pub const SCHEMA_VERSION: u32 = 1;
-
-    /// Parses and checks a payload; the error says what is wrong, for the DLT header.
-    pub fn from_json(payload: &[u8]) -> Result<Self, String> {
-        let event: Self =
-            serde_json::from_slice(payload).map_err(|e| format!("malformed JSON: {e}"))?;
-        if event.event_type != Self::EVENT_TYPE {
-            return Err(format!("unexpected event_type {:?}", event.event_type));
-        }
-        if event.schema_version != Self::SCHEMA_VERSION {
-            return Err(format!(
-                "unsupported schema_version {}",
-                event.schema_version
-            ));
-        }
-        if event.event_id.is_empty() || event.event_id.len() > 64 {
-            return Err("event_id must be 1 to 64 characters".into());
-        }
-        UserId::parse(&event.user_id).map_err(|e| e.to_string())?;
-        if event.campaign_id <= 0 || event.sequence <= 0 {
-            return Err("campaign_id and sequence must be positive".into());
-        }
-        if event.coupon_code.is_empty() || event.coupon_code.len() > 32 {
-            return Err("coupon_code must be 1 to 32 characters".into());
-        }
-        Ok(event)
-    }
-
-    pub fn coupon(&self) -> Coupon {
-        Coupon {
-            coupon_code: self.coupon_code.clone(),
-            campaign_id: self.campaign_id,
-            user_id: self.user_id.clone(),
-            sequence: self.sequence,
-            issued_at: self.occurred_at,
-        }
-    }
-}
-
-/// One line of an order (contract: `order.paid.v1`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderItem {
-    pub product_id: i64,
-    pub quantity: i64,
-}
-
-/// Topic payload of `order.paid.v1` (contract, see DESIGN.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderPaidEvent {
-    pub event_id: String,
-    pub order_id: String,
-    pub paid_at: DateTime<Utc>,
-    pub items: Vec<OrderItem>,
-}
-
-impl OrderPaidEvent {
-    /// Parses and checks a payload; the error says what is wrong, for the DLT header.
-    pub fn from_json(payload: &[u8]) -> Result<Self, String> {
-        let event: Self =
-            serde_json::from_slice(payload).map_err(|e| format!("malformed JSON: {e}"))?;
-        if event.event_id.is_empty() || event.event_id.len() > 64 {
-            return Err("event_id must be 1 to 64 characters".into());
-        }
-        if event.order_id.is_empty() || event.order_id.len() > 64 {
-            return Err("order_id must be 1 to 64 characters".into());
-        }
-        if !STORED_YEARS.contains(&event.paid_at.year()) {
-            return Err(format!("paid_at {} {}", event.paid_at, stored_years_rule()));
-        }
-        if event.items.is_empty() || event.items.len() > 1000 {
-            return Err("items must hold 1 to 1000 lines".into());
-        }
-        if let Some(bad) = event
-            .items
-            .iter()
-            .find(|i| i.product_id <= 0 || i.quantity <= 0 || i.quantity > 1_000_000)
-        {
-            return Err(format!(
-                "item of product {} has quantity {}: both must be positive (quantity at most 1000000)",
-                bad.product_id, bad.quantity
-            ));
-        }
-        Ok(event)
-    }
-}
-
-/// One ranked product of the top-products list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct TopProduct {
-    pub rank: u32,
-    pub product_id: i64,
-    pub name: String,
-    #[schema(value_type = String, example = "19.99")]
-    pub price: Decimal,
-    pub sold: i64,
-}
-
-/// The top products over the last `window_days` days (UTC), as computed at `generated_at`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopSnapshot {
-    pub window_days: u32,
-    pub generated_at: DateTime<Utc>,
-    pub products: Vec<TopProduct>,
-}
-
-/// Most products a snapshot holds (and the largest `limit`).
-pub const TOP_MAX_LIMIT: u32 = 100;
-/// Longest window (`days`).
-pub const TOP_MAX_DAYS: u32 = 30;
-
-/// Checks `limit` (1..=100, default 5) and `days` (1..=30, default 3) as given in a query.
-pub fn parse_top_query(limit: Option<&str>, days: Option<&str>) -> Result<(u32, u32), Invalid> {
-    let parse = |raw: Option<&str>, name: &'static str, default: u32, max: u32| match raw {
-        None => Ok(default),
-        Some(text) => match text.parse::<u32>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(Invalid::new(
-                name,
-                format!("must be an integer from 1 to {max}, got {text:?}"),
-            )),
-        },
-    };
-    Ok((
-        parse(limit, "limit", 5, TOP_MAX_LIMIT)?,
-        parse(days, "days", 3, TOP_MAX_DAYS)?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,26 +279,6 @@ mod tests {
                 value: Decimal::from(30),
             },
             coupon_valid_days: 7,
-        }
-    }
-
-    #[test]
-    fn user_id_accepts_the_gateway_alphabet_and_rejects_the_rest() {
-        assert!(UserId::parse("alice@example.com:42_x-y").is_ok());
-        assert_eq!(UserId::parse("").unwrap_err().field, "X-User-Id");
-        assert!(UserId::parse(&"a".repeat(64)).is_ok());
-        assert!(UserId::parse(&"a".repeat(65)).is_err());
-        assert!(UserId::parse("bob smith").is_err());
-        assert!(UserId::parse("é").is_err());
-    }
-
-    #[test]
-    fn idempotency_key_is_one_to_sixty_four_visible_ascii_characters() {
-        assert!(IdempotencyKey::parse("7f9c2ba4-e88f-11ee-9d2a-0242ac120002").is_ok());
-        assert!(IdempotencyKey::parse(&"k".repeat(64)).is_ok());
-        for bad in ["", &"k".repeat(65), "two words", "tab\t", "clé"] {
-            let err = IdempotencyKey::parse(bad).unwrap_err();
-            assert_eq!(err.field, "Idempotency-Key", "{bad:?}");
         }
     }
 
@@ -637,23 +313,6 @@ mod tests {
             ..asked
         };
         assert!(!an_hour_later.describes(&stored));
-    }
-
-    #[test]
-    fn campaign_id_must_be_a_positive_integer() {
-        assert_eq!(parse_campaign_id("42"), Ok(42));
-        assert!(parse_campaign_id("0").is_err());
-        assert!(parse_campaign_id("-1").is_err());
-        assert!(parse_campaign_id("abc").is_err());
-    }
-
-    #[test]
-    fn coupon_codes_are_sixteen_symbols_and_differ() {
-        let a = new_coupon_code();
-        let b = new_coupon_code();
-        assert_eq!(a.len(), 16);
-        assert!(a.bytes().all(|c| CODE_ALPHABET.contains(&c)));
-        assert_ne!(a, b);
     }
 
     #[test]
@@ -718,59 +377,6 @@ mod tests {
             c.status(0, now - Duration::minutes(5)),
             CampaignStatus::Scheduled
         );
-    }
-
-    #[test]
-    fn top_query_defaults_and_bounds_name_the_parameter() {
-        assert_eq!(parse_top_query(None, None), Ok((5, 3)));
-        assert_eq!(parse_top_query(Some("100"), Some("30")), Ok((100, 30)));
-        assert_eq!(parse_top_query(Some("0"), None).unwrap_err().field, "limit");
-        assert_eq!(
-            parse_top_query(Some("1000"), None).unwrap_err().field,
-            "limit"
-        );
-        assert_eq!(
-            parse_top_query(None, Some("abc")).unwrap_err().field,
-            "days"
-        );
-        assert_eq!(parse_top_query(None, Some("31")).unwrap_err().field, "days");
-    }
-
-    #[test]
-    fn order_events_need_positive_lines() {
-        let ok = br#"{"event_id":"e","order_id":"o","paid_at":"2026-11-22T10:00:00Z","items":[{"product_id":1,"quantity":2}]}"#;
-        assert!(OrderPaidEvent::from_json(ok).is_ok());
-        let zero = br#"{"event_id":"e","order_id":"o","paid_at":"2026-11-22T10:00:00Z","items":[{"product_id":1,"quantity":0}]}"#;
-        assert!(OrderPaidEvent::from_json(zero)
-            .unwrap_err()
-            .contains("quantity"));
-        let none =
-            br#"{"event_id":"e","order_id":"o","paid_at":"2026-11-22T10:00:00Z","items":[]}"#;
-        assert!(OrderPaidEvent::from_json(none).is_err());
-        let far = br#"{"event_id":"e","order_id":"o","paid_at":"0999-01-01T00:00:00Z","items":[{"product_id":1,"quantity":2}]}"#;
-        assert!(OrderPaidEvent::from_json(far)
-            .unwrap_err()
-            .contains("paid_at"));
-        let late = br#"{"event_id":"e","order_id":"o","paid_at":"2040-01-01T00:00:00Z","items":[{"product_id":1,"quantity":2}]}"#;
-        assert!(OrderPaidEvent::from_json(late).is_ok());
-    }
-
-    #[test]
-    fn event_parsing_names_what_is_wrong() {
-        let ok = serde_json::json!({
-            "event_id": "e1", "event_type": "coupon.issued", "schema_version": 1,
-            "occurred_at": "2026-11-22T10:00:00Z", "campaign_id": 3, "user_id": "u1",
-            "coupon_code": "ABC", "sequence": 1
-        });
-        assert!(CouponIssuedEvent::from_json(ok.to_string().as_bytes()).is_ok());
-        assert!(CouponIssuedEvent::from_json(b"{not json")
-            .unwrap_err()
-            .starts_with("malformed JSON"));
-        let mut wrong = ok.clone();
-        wrong["schema_version"] = 2.into();
-        assert!(CouponIssuedEvent::from_json(wrong.to_string().as_bytes())
-            .unwrap_err()
-            .contains("schema_version"));
     }
 
     fn read_discount(value: serde_json::Value) -> Result<Decimal, String> {
