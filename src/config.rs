@@ -426,10 +426,30 @@ impl KafkaSettings {
 
     pub fn dlt_topic(&self) -> String {
         if self.dlt_topic.is_empty() {
-            format!("{}.dlt", self.issued_topic)
+            crate::domain::dlt_topic_of(&self.issued_topic)
         } else {
             self.dlt_topic.clone()
         }
+    }
+
+    /// The coupon topics the service creates: issued, its retry topic, its DLT.
+    pub fn coupon_topics(&self) -> [String; 3] {
+        [
+            self.issued_topic.clone(),
+            crate::domain::retry_topic_of(&self.issued_topic),
+            self.dlt_topic(),
+        ]
+    }
+}
+
+impl CatalogSettings {
+    /// The order topics the service creates: paid orders, their retry topic, their DLT.
+    pub fn order_topics(&self) -> [String; 3] {
+        [
+            self.orders_topic.clone(),
+            crate::domain::retry_topic_of(&self.orders_topic),
+            crate::domain::dlt_topic_of(&self.orders_topic),
+        ]
     }
 }
 

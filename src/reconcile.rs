@@ -285,8 +285,18 @@ pub struct Repaired {
 /// are unchanged needs no new walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
-    pub redis: Option<(i64, i64, i64)>,
+    /// None while the campaign is not armed in Redis.
+    pub redis: Option<RedisCounts>,
     pub mysql_rows: u64,
+}
+
+/// What Redis holds of a campaign: the fields of [`crate::store::LiveFigures`] that a
+/// pass compares (not the pause flag, which changes no coupon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisCounts {
+    pub issued: i64,
+    pub holders: i64,
+    pub pending_events: i64,
 }
 
 #[derive(Clone)]
@@ -362,7 +372,9 @@ impl Reconciler {
             // Settled: Redis knows it, its outbox is empty, MySQL has every coupon.
             let counts = self.counts(id).await?;
             let settled = match counts.redis {
-                Some((issued, _, pending)) => pending == 0 && issued == counts.mysql_rows as i64,
+                Some(redis) => {
+                    redis.pending_events == 0 && redis.issued == counts.mysql_rows as i64
+                }
                 None => false,
             };
             if settled {
@@ -377,17 +389,9 @@ impl Reconciler {
         Ok(retired)
     }
 
-    fn db_error(e: crate::persistence::DbError) -> ServiceError {
-        ServiceError::Unavailable(e.to_string())
-    }
-
     /// Coupon rows of the campaign in MySQL.
     async fn mysql_rows(&self, campaign: CampaignId) -> Result<u64, ServiceError> {
-        let rows = self
-            .db
-            .persisted_count(campaign)
-            .await
-            .map_err(Self::db_error)?;
+        let rows = self.db.persisted_count(campaign).await?;
         Ok(rows as u64)
     }
 
@@ -397,19 +401,16 @@ impl Reconciler {
         campaign: CampaignId,
         users: &[&str],
     ) -> Result<Vec<Coupon>, ServiceError> {
-        self.db
-            .coupons_of_users(campaign, users)
-            .await
-            .map_err(Self::db_error)
+        Ok(self.db.coupons_of_users(campaign, users).await?)
     }
 
     /// Issued counter, holders and outbox length in Redis, and rows in MySQL.
     pub async fn counts(&self, campaign: CampaignId) -> Result<Counts, ServiceError> {
-        let redis = self
-            .store
-            .figures(campaign)
-            .await?
-            .map(|f| (f.issued, f.holders, f.pending_events));
+        let redis = self.store.figures(campaign).await?.map(|f| RedisCounts {
+            issued: f.issued,
+            holders: f.holders,
+            pending_events: f.pending_events,
+        });
         let mysql_rows = self.mysql_rows(campaign).await?;
         Ok(Counts { redis, mysql_rows })
     }
@@ -499,8 +500,7 @@ impl Reconciler {
                 let rows = self
                     .db
                     .coupons_page(campaign, after.as_deref(), PAGE as u64)
-                    .await
-                    .map_err(Self::db_error)?;
+                    .await?;
                 let users: Vec<&str> = rows.iter().map(|c| c.user_id.as_str()).collect();
                 let known = self.store.known_holders(campaign, &users).await?;
                 after = rows.last().map(|c| c.user_id.clone());
@@ -600,10 +600,7 @@ impl Reconciler {
         lookback: Duration,
     ) -> Result<Vec<Campaign>, ServiceError> {
         let since = Utc::now() - chrono::Duration::from_std(lookback).unwrap_or_default();
-        self.db
-            .live_campaigns(since)
-            .await
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))
+        Ok(self.db.live_campaigns(since).await?)
     }
 }
 
@@ -652,9 +649,7 @@ pub fn plan(last: Option<&Remembered>, now: &Counts) -> Plan {
         return Plan::Skip;
     }
     let went_back = match (last.counts.redis, now.redis) {
-        (Some((issued, holders, _)), Some((issued_now, holders_now, _))) => {
-            issued_now < issued || holders_now < holders
-        }
+        (Some(then), Some(now)) => now.issued < then.issued || now.holders < then.holders,
         _ => true,
     } || now.mysql_rows < last.counts.mysql_rows;
     if went_back || last.walks_since_full + 1 >= FULL_WALK_EVERY {
@@ -975,7 +970,11 @@ mod tests {
 
     fn counts(issued: i64, rows: u64) -> Counts {
         Counts {
-            redis: Some((issued, issued, 0)),
+            redis: Some(RedisCounts {
+                issued,
+                holders: issued,
+                pending_events: 0,
+            }),
             mysql_rows: rows,
         }
     }

@@ -78,19 +78,10 @@ impl Application {
 
         let mut topics = Vec::new();
         if settings.relay.enabled || settings.persister.enabled {
-            topics.extend([
-                settings.kafka.issued_topic.clone(),
-                events::consumer::retry_topic_of(&settings.kafka.issued_topic),
-                settings.kafka.dlt_topic(),
-            ]);
+            topics.extend(settings.kafka.coupon_topics());
         }
         if settings.catalog.sales_enabled {
-            let orders = &settings.catalog.orders_topic;
-            topics.extend([
-                orders.clone(),
-                events::consumer::retry_topic_of(orders),
-                format!("{orders}.dlt"),
-            ]);
+            topics.extend(settings.catalog.order_topics());
         }
         if !topics.is_empty() {
             events::check_access(&settings.kafka).await?;
@@ -266,10 +257,6 @@ impl Application {
         }
     }
 
-    pub fn issuance(&self) -> &IssuanceService {
-        &self.issuance
-    }
-
     /// Serves until stopped; then stops the background work in order.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let served = self.server.await;
@@ -329,15 +316,7 @@ pub async fn run_consumer(settings: Settings) -> anyhow::Result<()> {
     let db = persistence::connect(&settings.database).await?;
     let shutdown = CancellationToken::new();
     events::check_access(&settings.kafka).await?;
-    create_topics(
-        &settings,
-        &[
-            settings.kafka.issued_topic.clone(),
-            events::consumer::retry_topic_of(&settings.kafka.issued_topic),
-            settings.kafka.dlt_topic(),
-        ],
-    )
-    .await;
+    create_topics(&settings, &settings.kafka.coupon_topics()).await;
     let task = events::run_persister(
         settings.kafka.clone(),
         settings.persister.clone(),

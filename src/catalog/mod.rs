@@ -150,11 +150,4 @@ impl TopProducts {
         }
         Loaded { snapshot, source }
     }
-
-    pub fn breaker_states(&self) -> (u8, u8) {
-        (
-            self.snapshots.breaker_state(),
-            self.fallback.breaker_state(),
-        )
-    }
 }

@@ -11,6 +11,7 @@
 //!   it goes to the DLT with the error and the attempts in headers, and the
 //!   consumer keeps going.
 
+use crate::domain::retry_topic_of;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -77,11 +78,6 @@ pub struct ConsumerSpec {
     pub batch_wait: Duration,
     /// Waits before each retry; empty: rejects go straight to the DLT.
     pub retry_delays: Vec<Duration>,
-}
-
-/// Where retryable rejects of `topic` wait for their next attempt.
-pub fn retry_topic_of(topic: &str) -> String {
-    format!("{topic}.retry")
 }
 
 /// The consumer group that reads `<topic>.retry` for `group`.

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::consumer::{retry_group_of, retry_topic_of};
+use super::consumer::retry_group_of;
 use super::inspect::lag;
 use crate::config::KafkaSettings;
+use crate::domain::retry_topic_of;
 
 #[derive(Clone)]
 pub struct PersisterGate {

@@ -38,7 +38,7 @@ pub async fn run_sales_ingestion(
 ) -> anyhow::Result<()> {
     let spec = ConsumerSpec {
         name: "sales",
-        dlt_topic: format!("{}.dlt", catalog.orders_topic),
+        dlt_topic: crate::domain::dlt_topic_of(&catalog.orders_topic),
         topic: catalog.orders_topic,
         group: catalog.orders_group,
         batch_size: 500,

@@ -151,10 +151,6 @@ impl GuardedTopQuery {
         }
     }
 
-    pub fn breaker_state(&self) -> u8 {
-        self.breaker.state()
-    }
-
     /// One guarded top-N query; at most `max_concurrent` run at once.
     pub async fn snapshot(
         &self,

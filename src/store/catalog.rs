@@ -58,10 +58,6 @@ impl SnapshotStore {
         }
     }
 
-    pub fn breaker_state(&self) -> u8 {
-        self.breaker.state()
-    }
-
     /// The snapshot of a window, None if the refresher has not written one.
     pub async fn read(&self, days: u32) -> Result<Option<TopSnapshot>, GuardError<StoreError>> {
         let key = self.store.top_key(days);
